@@ -1,0 +1,63 @@
+"""`migrator check` and `migrator discover`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from migrator.cli.common import config_option, credentials, human_size, mailboxes_option, open_session
+from migrator.config import load_config, load_mailboxes
+from migrator.connectors.base import open_mailbox
+from migrator.connectors.registry import make_endpoint
+from migrator.discovery.inventory import Discovered, discover
+from migrator.errors import UserError
+
+
+@click.command("check")
+@config_option
+@mailboxes_option
+@click.option("--all", "check_all", is_flag=True, help="Log in to every mailbox of mailboxes.csv on both sides.")
+def check_command(config_path: Path, mailboxes_path: Path | None, check_all: bool) -> int:
+    """Preflight: reach and log in to both endpoints; report TLS and capabilities."""
+    config = load_config(config_path)
+    entries = list(credentials(config, mailboxes_path).values())
+    for endpoint_config in (config.source, config.target):
+        endpoint = make_endpoint(endpoint_config)
+        probe = endpoint.probe()
+        admin = "admin login ok" if probe.admin_login else "no admin login configured"
+        click.echo(f"{endpoint_config.role}: {probe.address} reachable ({probe.security}), {admin}; "
+                   f"capabilities: {' '.join(sorted(probe.capabilities))}")
+        for entry in entries if check_all else entries[:1]:
+            login = entry.source_access() if endpoint_config.role == "source" else entry.target_access()
+            with open_mailbox(endpoint, login, write=False) as mailbox:
+                caps = mailbox.capabilities()
+            click.echo(f"{endpoint_config.role}: login as {login.user} ok (append returns ids: "
+                       f"{_yes(caps.append_returns_ids)}, bulk append: {_yes(caps.bulk_append)})")
+    return 0
+
+
+def _yes(value: bool) -> str:
+    return "yes" if value else "no"
+
+
+@click.command("discover")
+@config_option
+@click.option("--mailboxes", "mailboxes_path", type=click.Path(path_type=Path), required=True,
+              help="mailboxes.csv listing the mailboxes to inventory.")
+def discover_command(config_path: Path, mailboxes_path: Path) -> int:
+    """Inventory source mailboxes (folders, counts, sizes) into the state store; writes nothing anywhere else."""
+    session = open_session(config_path)
+    entries = load_mailboxes(mailboxes_path)
+    source, _target = session.endpoints()
+
+    def show(item: Discovered) -> None:
+        click.echo(f"{item.entry.source}: {len(item.folders)} folders, {item.messages} messages, "
+                   f"{human_size(item.size)}")
+
+    found = discover(session.config, session.engine, source, entries, show)
+    if not found:
+        raise UserError(f"{mailboxes_path}: no mailboxes")
+    click.echo(f"inventory: {len(found)} mailboxes, {sum(d.messages for d in found)} messages, "
+               f"{human_size(sum(d.size for d in found))}")
+    return 0

@@ -1,0 +1,67 @@
+"""`migrator run PLAN --stage S`: preflight, queue, copy, and (for the final stage) verify."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import click
+
+from migrator.accounting import Progress
+from migrator.cli.common import config_option, credentials, install_stop_handlers, mailboxes_option, open_session
+from migrator.cli.verify import run_verify
+from migrator.engine.checkpoint import CrashHook
+from migrator.engine.scheduler import queue_plan, run_queue
+from migrator.engine.worker import RunContext
+from migrator.model import Stage
+from migrator.planning.planfile import read_plan
+from migrator.throttle import Pacer
+
+EXIT_INTERRUPTED = 130
+
+
+@click.command("run")
+@click.argument("plan_path", type=click.Path(path_type=Path))
+@click.option("--stage", type=click.Choice([s.value for s in Stage]), required=True)
+@click.option("--batch", "batches", multiple=True, help="Only these batches (repeatable); default all.")
+@click.option("--workers", type=int, default=None, help="Mailboxes in parallel (default: [throttle.target] "
+                                                         "max_connections, at most 4).")
+@click.option("--accept-edits", is_flag=True, help="Run a plan that was edited after creation.")
+@config_option
+@mailboxes_option
+def run_command(plan_path: Path, stage: str, batches: tuple[str, ...], workers: int | None, accept_edits: bool,
+                config_path: Path, mailboxes_path: Path | None) -> int:
+    """Copy the plan's mailboxes; re-running resumes and copies only what is missing."""
+    session = open_session(config_path)
+    plan, fingerprint, edited = read_plan(plan_path, accept_edits=accept_edits)
+    codes = list(batches) or [b.id for b in plan.batches]
+    for code in codes:
+        plan.batch(code)
+    config = session.config
+    source, target = session.endpoints()
+    logins = credentials(config, mailboxes_path)
+    source.probe()
+    target.probe()
+    queue_plan(session.engine, plan, plan_path, fingerprint, edited, stage, codes)
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    total = sum(m.messages for code in codes for m in plan.batch(code).mailboxes)
+    progress = Progress(total_messages=total)
+    ctx = RunContext(config, session.engine, source, target, Pacer(config.source_throttle),
+                     Pacer(config.target_throttle), progress, stop, CrashHook(), logins)
+    count = workers or min(4, config.target_throttle.max_connections, config.source_throttle.max_connections)
+    summary = run_queue(ctx, plan, stage, codes, max(1, count))
+    progress.finish()
+    c = progress.counters
+    click.echo(f"{stage}: {summary.jobs_done} mailboxes done, {summary.jobs_failed} failed; copied {c.messages} "
+               f"messages ({c.bytes / 1e6:.1f} MB) in {progress.elapsed():.1f}s "
+               f"({c.messages / progress.elapsed():.0f} msg/s, {c.bytes / 1e6 / progress.elapsed():.1f} MB/s), "
+               f"{c.flag_updates} flag updates, {c.failed} items failed")
+    for problem in summary.problems:
+        click.echo(f"  problem: {problem}", err=True)
+    if summary.interrupted:
+        click.echo("interrupted: re-run the same command to resume", err=True)
+        return EXIT_INTERRUPTED
+    if stage == Stage.FINAL and not summary.jobs_failed and not c.failed:
+        return run_verify(session, plan, codes, logins, deep=False, as_json=False)
+    return 1 if summary.jobs_failed or c.failed else 0

@@ -1,0 +1,349 @@
+"""migrator.toml and mailboxes.csv -> frozen config objects, validated before anything runs.
+
+Every problem is a UserError that names the file, the key or line, and what is wrong, so that an
+engineer can fix the input without reading a traceback. Secrets are never read from the TOML itself:
+only the name of an environment variable or a file that holds them.
+"""
+
+from __future__ import annotations
+
+import csv
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from migrator.errors import UserError
+from migrator.model import MailboxEntry, Secret
+
+ENDPOINT_KINDS = ("imap", "graph", "ews")
+SECURITY_MODES = ("tls", "starttls", "none")
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_ADDRESS = re.compile(r"^[^@\s,;<>]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)+$")
+
+
+def parse_size(text: str | int, where: str) -> int:
+    """'40MB' -> 40_000_000; KB/MB/GB are decimal, KiB/MiB/GiB binary. Raises UserError naming `where`."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 0:
+            raise UserError(f"{where}: size must not be negative")
+        return text
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(text))
+    unit = match.group(2).upper() if match else ""
+    if not match or unit not in _SIZE_UNITS:
+        raise UserError(f"{where}: {text!r} is not a size; write e.g. 40MB, 200GB or 512KiB")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """Where a secret lives: an environment variable or a file. Resolved only when a login needs it."""
+
+    where: str
+    env: str | None = None
+    file: Path | None = None
+
+    def resolve(self) -> Secret:
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise UserError(f"{self.where}: environment variable {self.env} is not set")
+            return Secret(value)
+        assert self.file is not None
+        try:
+            return Secret(self.file.read_text(encoding="utf-8").rstrip("\r\n"))
+        except OSError as exc:
+            raise UserError(f"{self.where}: cannot read secret file {self.file}: {exc.strerror}") from None
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    role: str
+    kind: str
+    host: str
+    port: int
+    security: str
+    admin_user: str | None
+    admin_password: SecretRef | None
+    ca_file: Path | None
+    allow_insecure: bool
+    timeout: float
+    options: Mapping[str, Any]
+
+    def describe(self) -> str:
+        return f"{self.role} {self.kind}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ThrottleConfig:
+    max_connections: int = 4
+    messages_per_second: float | None = None
+    bytes_per_second: int | None = None
+
+
+@dataclass(frozen=True)
+class MappingConfig:
+    domains: Mapping[str, str]
+    folders: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    exclude_folders: tuple[str, ...] = ()
+    before: date | None = None
+    after: date | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    state_url: str
+    source: EndpointConfig
+    target: EndpointConfig
+    source_throttle: ThrottleConfig
+    target_throttle: ThrottleConfig
+    mapping: MappingConfig
+    filters: FilterConfig
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+
+class _Table:
+    """A TOML table that remembers its location and refuses keys nobody asked for."""
+
+    def __init__(self, file: Path, name: str, data: Any) -> None:
+        if not isinstance(data, dict):
+            raise UserError(f"{file}: [{name}] must be a table")
+        self.file, self.name, self.data = file, name, dict(data)
+        self.used: set[str] = set()
+
+    def where(self, key: str) -> str:
+        return f"{self.file}: {self.name}.{key}"
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = None, required: bool = False) -> Any:
+        self.used.add(key)
+        if key not in self.data:
+            if required:
+                raise UserError(f"{self.file}: [{self.name}] is missing required key '{key}'")
+            return default
+        value = self.data[key]
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float, (int, float))):
+            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            raise UserError(f"{self.where(key)}: expected {names}, got {type(value).__name__} {value!r}")
+        return value
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise UserError(f"{self.where(unknown[0])}: unknown key (allowed: {', '.join(sorted(self.used))})")
+
+
+_ENDPOINT_OPTIONS = {
+    "imap": (),
+    "graph": ("tenant_id", "client_id", "client_secret_env", "client_secret_file", "authority", "base_url"),
+    "ews": ("service_endpoint", "auth_type", "access_type"),
+}
+
+
+def _secret_ref(table: _Table, stem: str) -> SecretRef | None:
+    env, file = table.get(f"{stem}_env", str), table.get(f"{stem}_file", str)
+    if env and file:
+        raise UserError(f"{table.where(stem + '_env')}: give {stem}_env or {stem}_file, not both")
+    if file:
+        return SecretRef(table.where(stem + "_file"), file=table.file.parent / file)
+    return SecretRef(table.where(stem + "_env"), env=env) if env else None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _endpoint(file: Path, role: str, data: Any) -> EndpointConfig:
+    table = _Table(file, role, data)
+    kind = table.get("kind", str, required=True)
+    if kind not in ENDPOINT_KINDS:
+        raise UserError(f"{table.where('kind')}: {kind!r} is not one of {', '.join(ENDPOINT_KINDS)}")
+    security = table.get("security", str, "tls")
+    if security not in SECURITY_MODES:
+        raise UserError(f"{table.where('security')}: {security!r} is not one of {', '.join(SECURITY_MODES)}")
+    host = table.get("host", str, required=kind == "imap") or ""
+    default_port = {"tls": 993, "starttls": 143, "none": 143}[security] if kind == "imap" else 443
+    port = table.get("port", int, default_port)
+    if not 0 < port < 65536:
+        raise UserError(f"{table.where('port')}: {port} is not a TCP port")
+    allow_insecure = table.get("allow_insecure", bool, False)
+    if security == "none" and kind == "imap" and not (_is_loopback(host) or allow_insecure):
+        raise UserError(f"{table.where('security')}: 'none' sends passwords in clear text; it is allowed only "
+                        f"for loopback hosts unless allow_insecure = true")
+    admin_user = table.get("admin_user", str)
+    admin_password = _secret_ref(table, "admin_password")
+    if admin_user and not admin_password:
+        raise UserError(f"{table.where('admin_user')}: set admin_password_env or admin_password_file too")
+    ca_file = table.get("ca_file", str)
+    if ca_file and not (file.parent / ca_file).is_file():
+        raise UserError(f"{table.where('ca_file')}: no such file {file.parent / ca_file}")
+    timeout = float(table.get("timeout", (int, float), 60))
+    options = {key: table.get(key, str) for key in _ENDPOINT_OPTIONS[kind] if key in table.data}
+    table.finish()
+    return EndpointConfig(role, kind, host, port, security, admin_user, admin_password,
+                          file.parent / ca_file if ca_file else None, allow_insecure, timeout, options)
+
+
+def _throttle(file: Path, role: str, data: Any) -> ThrottleConfig:
+    table = _Table(file, f"throttle.{role}", data)
+    max_connections = table.get("max_connections", int, 4)
+    if max_connections < 1:
+        raise UserError(f"{table.where('max_connections')}: must be at least 1")
+    rate = table.get("messages_per_second", (int, float))
+    if rate is not None and rate <= 0:
+        raise UserError(f"{table.where('messages_per_second')}: must be positive")
+    raw_bytes = table.get("bytes_per_second", (str, int))
+    bytes_rate = parse_size(raw_bytes, table.where("bytes_per_second")) if raw_bytes is not None else None
+    table.finish()
+    return ThrottleConfig(max_connections, float(rate) if rate else None, bytes_rate or None)
+
+
+def _string_map(table: _Table, key: str) -> dict[str, str]:
+    value = table.get(key, dict, {})
+    for name, target in value.items():
+        if not isinstance(target, str) or not target:
+            raise UserError(f"{table.where(key)}: value for {name!r} must be a non-empty string")
+    return dict(value)
+
+
+def _filters(file: Path, data: Any) -> FilterConfig:
+    table = _Table(file, "filters", data)
+    excluded = table.get("exclude_folders", list, [])
+    if not all(isinstance(name, str) for name in excluded):
+        raise UserError(f"{table.where('exclude_folders')}: must be a list of folder names")
+    dates = {key: table.get(key, (str, date)) for key in ("before", "after")}
+    parsed: dict[str, date | None] = {}
+    for key, value in dates.items():
+        try:
+            parsed[key] = date.fromisoformat(value) if isinstance(value, str) else value
+        except ValueError:
+            raise UserError(f"{table.where(key)}: {value!r} is not a date (YYYY-MM-DD)") from None
+    table.finish()
+    return FilterConfig(tuple(excluded), parsed["before"], parsed["after"])
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate migrator.toml. Raises UserError naming the file and key for any problem."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such config file (create one with `migrator init`)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: not valid TOML: {exc}") from None
+    root = _Table(path, "", raw)
+    state = _Table(path, "state", root.get("state", dict, {}))
+    url = state.get("url", str, "sqlite:///migrator.db")
+    state.finish()
+    source = _endpoint(path, "source", root.get("source", dict, required=True))
+    target = _endpoint(path, "target", root.get("target", dict, required=True))
+    throttle = _Table(path, "throttle", root.get("throttle", dict, {}))
+    throttles = {role: _throttle(path, role, throttle.get(role, dict, {})) for role in ("source", "target")}
+    throttle.finish()
+    mapping_table = _Table(path, "mapping", root.get("mapping", dict, {}))
+    mapping = MappingConfig(_string_map(mapping_table, "domains"), _string_map(mapping_table, "folders"))
+    mapping_table.finish()
+    filters = _filters(path, root.get("filters", dict, {}))
+    root.finish()
+    return Config(path.resolve(), _resolve_state_url(url, path.parent), source, target,
+                  throttles["source"], throttles["target"], mapping, filters)
+
+
+def _resolve_state_url(url: str, base: Path) -> str:
+    """SQLite paths in the config are relative to the config file, not to the current directory."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
+        return prefix + str((base / url[len(prefix):]).resolve())
+    return url
+
+
+CSV_REQUIRED = ("source", "target")
+CSV_OPTIONAL = ("source_login", "source_password", "target_login", "target_password", "group", "priority")
+
+
+def _csv_secret(cell: str, where: str, base: Path) -> Secret | None:
+    """A password cell holds the password, or `env:NAME` / `file:PATH` to keep it out of the CSV."""
+    if not cell:
+        return None
+    if cell.startswith("env:"):
+        return SecretRef(where, env=cell[4:]).resolve()
+    if cell.startswith("file:"):
+        return SecretRef(where, file=base / cell[5:]).resolve()
+    return Secret(cell)
+
+
+def load_mailboxes(path: Path) -> list[MailboxEntry]:
+    """Read mailboxes.csv. Raises UserError naming the file, line and column of the first problem."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such mailbox list") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    reader = csv.DictReader(text.splitlines(), strict=True)
+    header = [name.strip() for name in (reader.fieldnames or [])]
+    if not header:
+        raise UserError(f"{path}: empty file; the first line must be a header with source,target")
+    for name in header:
+        if name not in CSV_REQUIRED + CSV_OPTIONAL:
+            raise UserError(f"{path}:1: unknown column {name!r} (allowed: {', '.join(CSV_REQUIRED + CSV_OPTIONAL)})")
+    if len(set(header)) != len(header):
+        raise UserError(f"{path}:1: a column appears twice")
+    for name in CSV_REQUIRED:
+        if name not in header:
+            raise UserError(f"{path}:1: missing required column {name!r}")
+    reader.fieldnames = header
+    entries: list[MailboxEntry] = []
+    seen: dict[str, int] = {}
+    try:
+        for row in reader:
+            line = reader.line_num
+            entries.append(_mailbox_row(path, line, row, seen))
+    except csv.Error as exc:
+        raise UserError(f"{path}:{reader.line_num}: {exc}") from None
+    if not entries:
+        raise UserError(f"{path}: no mailboxes listed below the header")
+    return entries
+
+
+def _mailbox_row(path: Path, line: int, row: dict[str, Any], seen: dict[str, int]) -> MailboxEntry:
+    if None in row:
+        raise UserError(f"{path}:{line}: more cells than columns in the header")
+    cells = {key: (value or "").strip() for key, value in row.items()}
+    for column in CSV_REQUIRED:
+        if not _ADDRESS.match(cells[column]):
+            raise UserError(f"{path}:{line}: column {column!r}: {cells[column]!r} is not an email address")
+    source = cells["source"].lower()
+    if source in seen:
+        raise UserError(f"{path}:{line}: mailbox {source} is listed twice (first on line {seen[source]})")
+    seen[source] = line
+    priority = cells.get("priority") or "0"
+    if not re.fullmatch(r"-?\d+", priority):
+        raise UserError(f"{path}:{line}: column 'priority': {priority!r} is not a whole number")
+    return MailboxEntry(
+        source=source,
+        target=cells["target"].lower(),
+        source_login=cells.get("source_login") or None,
+        source_password=_csv_secret(cells.get("source_password", ""), f"{path}:{line}: source_password", path.parent),
+        target_login=cells.get("target_login") or None,
+        target_password=_csv_secret(cells.get("target_password", ""), f"{path}:{line}: target_password", path.parent),
+        group=cells.get("group") or None,
+        priority=int(priority),
+    )

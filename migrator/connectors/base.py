@@ -1,0 +1,122 @@
+"""The connector protocol, and the read-only guard every source session goes through.
+
+A connector is a small required interface (rclone's lesson): list folders, list messages, fetch, append,
+find a copy by its tag, set flags, delete. Optional features are declared in Capabilities and tested by
+callers at run time. The read-only guard lives here, once, so that no connector can forget it: a source
+is never modified.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+from migrator.errors import StateError
+from migrator.model import Capabilities, CopyTag, FolderInfo, Login, MessageRef, RawMessage, Role
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What `check` learns from an endpoint without opening a mailbox."""
+
+    address: str
+    security: str
+    capabilities: frozenset[str]
+    admin_login: bool
+
+
+class Mailbox(Protocol):
+    """One authenticated session on one mailbox."""
+
+    def capabilities(self) -> Capabilities: ...
+
+    def list_folders(self) -> list[FolderInfo]:
+        """Every folder with counts and sizes; raises Transient or FolderFailed."""
+        ...
+
+    def ensure_folder(self, path: str, role: Role | None) -> tuple[FolderInfo, bool]:
+        """The folder at `path`, created if missing; returns (folder, created_now)."""
+        ...
+
+    def list_messages(self, folder: FolderInfo) -> list[MessageRef]: ...
+
+    def fetch(self, folder: FolderInfo, refs: Sequence[MessageRef]) -> Iterator[RawMessage]: ...
+
+    def watermark(self, folder: FolderInfo) -> str | None:
+        """An opaque mark: messages appended after it can be told apart from everything before it."""
+        ...
+
+    def append(self, folder: FolderInfo, messages: Sequence[RawMessage]) -> list[str | None]:
+        """Write messages with flags and internal dates; returns their ids where the server says them.
+
+        Raises ItemFailed (that message is refused for good), MailboxFailed (quota full) or Transient.
+        A bulk append either stores every message or none (RFC 3502).
+        """
+        ...
+
+    def find_tagged(self, folder: FolderInfo, tags: Sequence[CopyTag], since: str | None) -> dict[CopyTag, list[str]]:
+        """Ids of messages after watermark `since` that carry each tag, oldest first."""
+        ...
+
+    def set_flags(self, folder: FolderInfo, flags: Mapping[str, frozenset[str]]) -> None: ...
+
+    def delete(self, folder: FolderInfo, ids: Sequence[str]) -> None: ...
+
+
+class Endpoint(Protocol):
+    """One configured server or tenant."""
+
+    def probe(self) -> Probe:
+        """Reach it, negotiate TLS, log in as admin if configured; raises Unreachable or AuthFailed."""
+        ...
+
+    def session(self, login: Login, *, write: bool) -> AbstractContextManager[Mailbox]: ...
+
+
+class ReadOnlyMailbox:
+    """Delegates reads; any write is a bug in migrator, never a user error, so it raises StateError."""
+
+    def __init__(self, inner: Mailbox) -> None:
+        self._inner = inner
+
+    def capabilities(self) -> Capabilities:
+        return self._inner.capabilities()
+
+    def list_folders(self) -> list[FolderInfo]:
+        return self._inner.list_folders()
+
+    def list_messages(self, folder: FolderInfo) -> list[MessageRef]:
+        return self._inner.list_messages(folder)
+
+    def fetch(self, folder: FolderInfo, refs: Sequence[MessageRef]) -> Iterator[RawMessage]:
+        return self._inner.fetch(folder, refs)
+
+    def watermark(self, folder: FolderInfo) -> str | None:
+        return self._inner.watermark(folder)
+
+    def find_tagged(self, folder: FolderInfo, tags: Sequence[CopyTag], since: str | None) -> dict[CopyTag, list[str]]:
+        return self._inner.find_tagged(folder, tags, since)
+
+    def _refuse(self, operation: str) -> StateError:
+        return StateError(f"refused to {operation} on a read-only session (the source is never modified)")
+
+    def ensure_folder(self, path: str, role: Role | None) -> tuple[FolderInfo, bool]:
+        raise self._refuse(f"create folder {path!r}")
+
+    def append(self, folder: FolderInfo, messages: Sequence[RawMessage]) -> list[str | None]:
+        raise self._refuse(f"append to {folder.path!r}")
+
+    def set_flags(self, folder: FolderInfo, flags: Mapping[str, frozenset[str]]) -> None:
+        raise self._refuse(f"change flags in {folder.path!r}")
+
+    def delete(self, folder: FolderInfo, ids: Sequence[str]) -> None:
+        raise self._refuse(f"delete from {folder.path!r}")
+
+
+@contextmanager
+def open_mailbox(endpoint: Endpoint, login: Login, *, write: bool) -> Iterator[Mailbox]:
+    """A session on `login`'s mailbox; read-only (guarded) unless `write`."""
+    with endpoint.session(login, write=write) as mailbox:
+        yield mailbox if write else ReadOnlyMailbox(mailbox)

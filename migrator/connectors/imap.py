@@ -1,0 +1,306 @@
+"""IMAP connector on imapclient: UIDs always, capabilities checked before use, bytes never rewritten.
+
+Why some things are done by hand:
+- APPEND goes through imapclient's raw command path with a literal, because imaplib's own `append`
+  rewrites bare LF and CR to CRLF, which would break byte identity for hostile or legacy mail.
+- The idempotency tag is the SHA-256 of the exact bytes, so no header is added: to find a copy after a
+  crash we search the target folder for messages of the right size above the recorded UIDNEXT and hash
+  their bodies. The same search stands in for APPENDUID on servers without UIDPLUS.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import ssl
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from typing import Any
+
+import imapclient
+from imapclient import exceptions as imap_errors
+from imapclient.datetime_util import datetime_to_INTERNALDATE
+from imapclient.imapclient import _literal
+
+from migrator.config import EndpointConfig
+from migrator.connectors.base import Probe
+from migrator.errors import (
+    AuthFailed,
+    FolderFailed,
+    ItemFailed,
+    MailboxFailed,
+    MigratorError,
+    Throttled,
+    Transient,
+    Unreachable,
+    UserError,
+)
+from migrator.model import Capabilities, CopyTag, FolderInfo, Login, MessageRef, RawMessage, Role
+
+_ROLE_FLAGS = {b"\\Sent": Role.SENT, b"\\Drafts": Role.DRAFTS, b"\\Trash": Role.TRASH, b"\\Junk": Role.JUNK,
+               b"\\Archive": Role.ARCHIVE}
+_UNSELECTABLE = {b"\\Noselect", b"\\NonExistent"}
+_LISTING = [b"UID", b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE"]
+_APPENDUID = re.compile(rb"\[APPENDUID (\d+) ([0-9:,]+)\]")
+_BACKOFF = re.compile(rb"Suggested Backoff Time: (\d+) milliseconds", re.IGNORECASE)
+FETCH_CHUNK = 200
+
+
+def _text(exc: BaseException) -> bytes:
+    return str(exc).encode("utf-8", "replace")
+
+
+def classify_failure(exc: BaseException, context: str) -> MigratorError:
+    """Turn an imaplib/imapclient/socket failure into the error class that says what to do next."""
+    raw = _text(exc)
+    reason = raw.decode("utf-8", "replace").strip()
+    if isinstance(exc, imap_errors.LoginError):
+        if b"Maximum number of connections" in raw or b"[UNAVAILABLE]" in raw:
+            return Throttled(f"{context}: server refuses more connections: {reason}", retry_after=5.0)
+        return AuthFailed(f"{context}: login refused: {reason}")
+    backoff = _BACKOFF.search(raw)
+    if backoff:
+        return Throttled(f"{context}: {reason}", retry_after=int(backoff.group(1)) / 1000)
+    if b"[THROTTLED]" in raw or b"[UNAVAILABLE]" in raw or b"Maximum number of connections" in raw:
+        return Throttled(f"{context}: {reason}", retry_after=5.0)
+    if b"[OVERQUOTA]" in raw or b"Quota exceeded" in raw:
+        return MailboxFailed(f"{context}: target quota full: {reason}", reason="quota")
+    if b"[TOOBIG]" in raw or b"[LIMIT]" in raw or b"too large" in raw.lower():
+        return ItemFailed(f"{context}: refused as too large: {reason}", reason="too-large")
+    if isinstance(exc, imap_errors.IMAPClientAbortError | OSError | EOFError):
+        return Transient(f"{context}: connection lost: {reason or type(exc).__name__}")
+    return FolderFailed(f"{context}: server said: {reason}")
+
+
+@contextmanager
+def _translated(context: str) -> Iterator[None]:
+    try:
+        yield
+    except MigratorError:
+        raise
+    except (imap_errors.IMAPClientError, OSError, EOFError) as exc:
+        raise classify_failure(exc, context) from None
+
+
+class ImapEndpoint:
+    """One IMAP server; logins are per user, or an admin logging in on behalf of users (SASL PLAIN authzid)."""
+
+    def __init__(self, config: EndpointConfig) -> None:
+        self.config = config
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.config.ca_file) if self.config.ca_file else None)
+        return context
+
+    def connect(self) -> Any:
+        """A connected, not yet authenticated client; raises Unreachable."""
+        cfg = self.config
+        try:
+            client = imapclient.IMAPClient(cfg.host, port=cfg.port, ssl=cfg.security == "tls",
+                                           ssl_context=self._ssl_context(), timeout=cfg.timeout)
+            if cfg.security == "starttls":
+                client.starttls(self._ssl_context())
+        except (OSError, imap_errors.IMAPClientError) as exc:
+            raise Unreachable(f"{cfg.describe()}: cannot connect ({cfg.security}): {exc}") from None
+        client.normalise_times = False
+        return client
+
+    def _admin_secret(self) -> str:
+        if not self.config.admin_password:
+            raise UserError(f"{self.config.describe()}: no password for this mailbox and no admin_user configured")
+        return self.config.admin_password.resolve().reveal()
+
+    def login(self, client: Any, login: Login) -> None:
+        context = f"{self.config.describe()} as {login.user}"
+        with _translated(context):
+            if login.password is not None:
+                client.login(login.user, login.password.reveal())
+            elif self.config.admin_user:
+                client.plain_login(self.config.admin_user, self._admin_secret(), authorization_identity=login.user)
+            else:
+                raise UserError(f"{context}: no password in mailboxes.csv and no admin_user in [{self.config.role}]")
+
+    def probe(self) -> Probe:
+        client = self.connect()
+        try:
+            with _translated(self.config.describe()):
+                capabilities = frozenset(c.decode() for c in client.capabilities())
+                admin = False
+                if self.config.admin_user:
+                    client.login(self.config.admin_user, self._admin_secret())
+                    admin = True
+                    capabilities = frozenset(c.decode() for c in client.capabilities())
+        finally:
+            _close(client)
+        return Probe(f"{self.config.host}:{self.config.port}", self.config.security, capabilities, admin)
+
+    @contextmanager
+    def session(self, login: Login, *, write: bool) -> Iterator[ImapMailbox]:
+        client = self.connect()
+        try:
+            self.login(client, login)
+            yield ImapMailbox(client, f"{self.config.describe()} {login.address}")
+        finally:
+            _close(client)
+
+
+def _close(client: Any) -> None:
+    try:
+        client.logout()
+    except (imap_errors.IMAPClientError, OSError, EOFError):
+        with suppress(OSError):
+            client.shutdown()
+
+
+def _flags(raw: Sequence[bytes]) -> frozenset[str]:
+    return frozenset(f.decode("utf-8", "replace") for f in raw if f != b"\\Recent")
+
+
+class ImapMailbox:
+    """One logged-in IMAP session on one mailbox."""
+
+    def __init__(self, client: Any, context: str) -> None:
+        self.client = client
+        self.context = context
+        self._selected: tuple[str, bool] | None = None
+        with _translated(context):
+            self._caps = frozenset(c.decode() for c in client.capabilities())
+
+    def capabilities(self) -> Capabilities:
+        limit = next((int(c.split("=")[1]) for c in self._caps if c.startswith("APPENDLIMIT=")), None)
+        cursor = "QRESYNC" if "QRESYNC" in self._caps else "CONDSTORE" if "CONDSTORE" in self._caps else None
+        return Capabilities(append_returns_ids="UIDPLUS" in self._caps, bulk_append="MULTIAPPEND" in self._caps,
+                            preserves_bytes=True, preserves_internal_date=True, special_use="SPECIAL-USE" in self._caps,
+                            change_cursor=cursor, max_message_size=limit, raw=self._caps)
+
+    def _select(self, folder: FolderInfo, *, write: bool) -> dict[bytes, Any]:
+        with _translated(f"{self.context} folder {folder.path!r}"):
+            response: dict[bytes, Any] = self.client.select_folder(folder.path, readonly=not write)
+        self._selected = (folder.path, write)
+        key = str(response.get(b"UIDVALIDITY", ""))
+        if folder.key is not None and key != folder.key:
+            raise FolderFailed(f"{self.context} folder {folder.path!r}: UIDVALIDITY is now {key}, "
+                               f"was {folder.key}; its message ids are no longer valid")
+        return response
+
+    def list_folders(self) -> list[FolderInfo]:
+        with _translated(f"{self.context} LIST"):
+            listing = self.client.list_folders()
+        folders = []
+        for flags, delimiter, name in listing:
+            separator = delimiter.decode() if isinstance(delimiter, bytes) else delimiter
+            role = Role.INBOX if name.upper() == "INBOX" else next(
+                (r for f, r in _ROLE_FLAGS.items() if f in flags), None)
+            selectable = not _UNSELECTABLE.intersection(flags)
+            key, count, size = None, 0, 0
+            if selectable:
+                info = FolderInfo(name, separator, role)
+                key = str(self._select(info, write=False).get(b"UIDVALIDITY", ""))
+                refs = self._listing()
+                count, size = len(refs), sum(r.size for r in refs)
+            folders.append(FolderInfo(name, separator, role, key, count, size, selectable))
+        return folders
+
+    def ensure_folder(self, path: str, role: Role | None) -> tuple[FolderInfo, bool]:
+        existing = {f.path: f for f in self.list_folders()}
+        if path in existing and existing[path].selectable:
+            return existing[path], False
+        with _translated(f"{self.context} CREATE {path!r}"):
+            self.client.create_folder(path)
+        separator = next(iter(existing.values())).separator if existing else None
+        status = self._status(path)
+        return FolderInfo(path, separator, role, str(status[b"UIDVALIDITY"])), True
+
+    def _status(self, path: str) -> dict[bytes, Any]:
+        with _translated(f"{self.context} STATUS {path!r}"):
+            result: dict[bytes, Any] = self.client.folder_status(path, [b"UIDVALIDITY", b"UIDNEXT"])
+        return result
+
+    def _listing(self, uids: str | Sequence[int] = "1:*") -> list[MessageRef]:
+        with _translated(f"{self.context} FETCH"):
+            if uids == "1:*" and not self.client.search(["ALL"]):
+                return []
+            data = self.client.fetch(uids, _LISTING)
+        return sorted((MessageRef(str(uid), item[b"RFC822.SIZE"], _flags(item[b"FLAGS"]), item[b"INTERNALDATE"])
+                       for uid, item in data.items()), key=lambda ref: int(ref.id))
+
+    def list_messages(self, folder: FolderInfo) -> list[MessageRef]:
+        self._select(folder, write=False)
+        return self._listing()
+
+    def fetch(self, folder: FolderInfo, refs: Sequence[MessageRef]) -> Iterator[RawMessage]:
+        self._select(folder, write=False)
+        by_uid = {int(ref.id): ref for ref in refs}
+        with _translated(f"{self.context} FETCH BODY"):
+            data = self.client.fetch(sorted(by_uid), [b"BODY.PEEK[]"])
+        for uid in sorted(by_uid):
+            if uid not in data:
+                raise FolderFailed(f"{self.context} folder {folder.path!r}: message UID {uid} vanished while copying")
+            yield RawMessage(by_uid[uid], data[uid][b"BODY[]"])
+
+    def watermark(self, folder: FolderInfo) -> str | None:
+        status = self._status(folder.path)
+        if folder.key is not None and str(status[b"UIDVALIDITY"]) != folder.key:
+            raise FolderFailed(f"{self.context} folder {folder.path!r}: UIDVALIDITY changed to "
+                               f"{status[b'UIDVALIDITY']} (was {folder.key})")
+        return str(status[b"UIDNEXT"])
+
+    def append(self, folder: FolderInfo, messages: Sequence[RawMessage]) -> list[str | None]:
+        if len(messages) > 1 and "MULTIAPPEND" not in self._caps:
+            return [uid for message in messages for uid in self.append(folder, [message])]
+        args = [self.client._normalise_folder(folder.path)]
+        for message in messages:
+            flags = " ".join(sorted(message.ref.flags))
+            args += [f"({flags})".encode(), f'"{datetime_to_INTERNALDATE(message.ref.internal_date)}"'.encode(),
+                     _literal(message.body)]
+        context = f"{self.context} APPEND to {folder.path!r}"
+        with _translated(context):
+            typ, data = self.client._raw_command(b"APPEND", args, uid=False)
+        text = b" ".join(d for d in data if isinstance(d, bytes))
+        if typ != "OK":
+            raise classify_failure(imap_errors.IMAPClientError(text.decode("utf-8", "replace")), context)
+        return _appended_uids(text, folder, len(messages))
+
+    def find_tagged(self, folder: FolderInfo, tags: Sequence[CopyTag], since: str | None) -> dict[CopyTag, list[str]]:
+        self._select(folder, write=False)
+        floor = int(since) if since else 1
+        sizes = {tag.size for tag in tags}
+        candidates = [ref for ref in self._listing(f"{floor}:*") if int(ref.id) >= floor and ref.size in sizes]
+        found: dict[CopyTag, list[str]] = {}
+        wanted = set(tags)
+        for start in range(0, len(candidates), FETCH_CHUNK):
+            for message in self.fetch(folder, candidates[start:start + FETCH_CHUNK]):
+                tag = CopyTag(hashlib.sha256(message.body).hexdigest(), len(message.body))
+                if tag in wanted:
+                    found.setdefault(tag, []).append(message.ref.id)
+        return found
+
+    def set_flags(self, folder: FolderInfo, flags: Mapping[str, frozenset[str]]) -> None:
+        self._select(folder, write=True)
+        groups: dict[frozenset[str], list[int]] = {}
+        for uid, wanted in flags.items():
+            groups.setdefault(wanted, []).append(int(uid))
+        with _translated(f"{self.context} STORE in {folder.path!r}"):
+            for wanted, uids in groups.items():
+                self.client.set_flags(uids, [f.encode() for f in sorted(wanted)], silent=True)
+
+    def delete(self, folder: FolderInfo, ids: Sequence[str]) -> None:
+        self._select(folder, write=True)
+        uids = [int(i) for i in ids]
+        with _translated(f"{self.context} EXPUNGE in {folder.path!r}"):
+            self.client.delete_messages(uids, silent=True)
+            if "UIDPLUS" in self._caps:
+                self.client.uid_expunge(uids)
+            else:
+                self.client.expunge()
+
+
+def _appended_uids(text: bytes, folder: FolderInfo, count: int) -> list[str | None]:
+    match = _APPENDUID.search(text)
+    if not match or (folder.key is not None and match.group(1).decode() != folder.key):
+        return [None] * count
+    uids: list[str | None] = []
+    for part in match.group(2).decode().split(","):
+        low, _, high = part.partition(":")
+        uids += [str(u) for u in range(int(low), int(high or low) + 1)]
+    return uids if len(uids) == count else [None] * count

@@ -1,0 +1,1 @@
+"""Discovery: what is on the source, read without changing anything, saved to the inventory."""

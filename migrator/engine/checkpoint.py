@@ -1,0 +1,101 @@
+"""The journal of one mailbox pass: every ledger write of a job goes through here, in its own transaction.
+
+It is the one place for three cross-cutting concerns: the job lease (re-checked by every write), the
+stop request (SIGTERM/SIGINT: checked between batches, never inside one), and the crash hook that the
+interrupt-at-every-step tests use (`MIGRATOR_TEST_CRASH_AT=k` kills the process right after the k-th
+ledger commit; it is read only when `MIGRATOR_TEST_MODE=1`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
+
+from sqlalchemy import Connection, Engine
+
+from migrator.errors import MigratorError
+from migrator.store import ledger, work
+from migrator.store.db import translate_db_errors
+from migrator.store.records import Lease, PendingCopy, TargetFolderRecord
+
+T = TypeVar("T")
+
+
+class Interrupted(MigratorError):
+    """A stop was requested; the job is released at a clean point and resumes on the next run."""
+
+    exit_code = 130
+
+
+class CrashHook:
+    """Counts committed ledger steps across the process and kills it at the configured one."""
+
+    def __init__(self) -> None:
+        target = os.environ.get("MIGRATOR_TEST_CRASH_AT") if os.environ.get("MIGRATOR_TEST_MODE") == "1" else None
+        self.target = int(target) if target else None
+        self.steps = 0
+        self._lock = threading.Lock()
+
+    def step(self) -> None:
+        with self._lock:
+            self.steps += 1
+            if self.target is not None and self.steps >= self.target:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Journal:
+    def __init__(self, engine: Engine, lease: Lease, mailbox_id: int, checkpoint_id: int,
+                 stop: threading.Event, crash: CrashHook) -> None:
+        self.engine = engine
+        self.lease = lease
+        self.mailbox_id = mailbox_id
+        self.checkpoint_id = checkpoint_id
+        self.stop = stop
+        self.crash = crash
+
+    def _commit(self, action: Callable[[Connection], T]) -> T:
+        with translate_db_errors(), self.engine.begin() as conn:
+            result = action(conn)
+        self.crash.step()
+        return result
+
+    def check_stop(self) -> None:
+        if self.stop.is_set():
+            raise Interrupted("stop requested: in-flight work is recorded; re-run the same command to resume")
+
+    def intents(self, copies: Sequence[PendingCopy]) -> list[int]:
+        return self._commit(lambda c: ledger.record_intents(c, self.lease, self.mailbox_id, self.checkpoint_id, copies))
+
+    def done(self, target_ids: Mapping[int, str], size: int) -> None:
+        def write(conn: Connection) -> None:
+            ledger.record_done(conn, self.lease, target_ids)
+            work.add_to_checkpoint(conn, self.checkpoint_id, copied=len(target_ids), copied_bytes=size)
+        self._commit(write)
+
+    def settled(self, target_ids: Mapping[int, str], dropped: Sequence[int]) -> None:
+        def write(conn: Connection) -> None:
+            ledger.record_done(conn, self.lease, target_ids)
+            ledger.drop_intents(conn, self.lease, dropped)
+        self._commit(write)
+
+    def failed(self, ledger_id: int, reason: str, message: str) -> None:
+        def write(conn: Connection) -> None:
+            ledger.record_failed(conn, self.lease, ledger_id, reason)
+            work.add_to_checkpoint(conn, self.checkpoint_id, failed=1)
+            work.log_event(conn, "item-failed", message, self.mailbox_id, self.lease.job_id)
+        self._commit(write)
+
+    def flags(self, flags: Mapping[int, frozenset[str]]) -> None:
+        def write(conn: Connection) -> None:
+            ledger.record_flags(conn, self.lease, flags)
+            work.add_to_checkpoint(conn, self.checkpoint_id, flag_updates=len(flags))
+        self._commit(write)
+
+    def target_folder(self, record: TargetFolderRecord) -> None:
+        self._commit(lambda c: ledger.remember_target_folder(c, self.lease, self.mailbox_id, record))
+
+    def event(self, kind: str, message: str) -> None:
+        self._commit(lambda c: work.log_event(c, kind, message, self.mailbox_id, self.lease.job_id))

@@ -1,0 +1,122 @@
+"""Runs a plan's batches: registers the plan version, queues one job per mailbox, and lets workers lease them.
+
+Workers are threads here; the same lease protocol lets `migrator worker` processes on other machines
+share the queue through PostgreSQL. A job that fails does not stop the batch: it is recorded with its
+reason, and the run's exit code says that something needs attention.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from migrator.engine.checkpoint import Interrupted, Journal
+from migrator.engine.worker import RunContext, run_mailbox_pass
+from migrator.errors import EndpointError, LeaseLost, MailboxFailed, MigratorError, SafetyStop, UserError
+from migrator.planning.planner import Plan
+from migrator.store import inventory, work
+from migrator.store.db import translate_db_errors
+from migrator.store.records import JobRecord, Lease, MailboxRecord
+
+LEASE_SECONDS = 300
+
+
+@dataclass
+class RunSummary:
+    jobs_done: int = 0
+    jobs_failed: int = 0
+    interrupted: bool = False
+    problems: list[str] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, ok: bool, problems: Sequence[str]) -> None:
+        with self._lock:
+            if ok:
+                self.jobs_done += 1
+            else:
+                self.jobs_failed += 1
+            self.problems.extend(problems)
+
+
+def plan_mailboxes(engine: Engine, plan: Plan, codes: Sequence[str]) -> dict[str, MailboxRecord]:
+    """The discovered mailboxes of the selected batches; UserError names any the store does not know."""
+    wanted = [m.source for code in codes for m in plan.batch(code).mailboxes]
+    with translate_db_errors(), engine.connect() as conn:
+        known = inventory.mailboxes_by_source(conn, wanted)
+    missing = [source for source in wanted if source not in known]
+    if missing:
+        raise UserError(f"plan {plan.name}: mailbox {missing[0]} is not in the inventory "
+                        f"({len(missing)} missing); run `migrator discover` first")
+    return known
+
+
+def queue_plan(engine: Engine, plan: Plan, path: Path, fingerprint: str, edited: bool, stage: str,
+               codes: Sequence[str]) -> None:
+    records = plan_mailboxes(engine, plan, codes)
+    batches = [work.PlanBatch(code, plan.batch(code).window,
+                              [records[m.source].id for m in plan.batch(code).mailboxes]) for code in codes]
+    with translate_db_errors(), engine.begin() as conn:
+        plan_id = work.register_plan(conn, plan.name, fingerprint, str(path), edited)
+        work.prepare_jobs(conn, plan.name, plan_id, stage, batches)
+        work.log_event(conn, "run", f"plan {plan.name} ({fingerprint}) stage {stage} batches {', '.join(codes)}")
+
+
+def run_queue(ctx: RunContext, plan: Plan, stage: str, codes: Sequence[str], workers: int) -> RunSummary:
+    """Lease and run jobs until none is left; returns what happened."""
+    summary = RunSummary()
+    with translate_db_errors(), ctx.engine.connect() as conn:
+        records = {r.id: r for r in inventory.list_mailboxes(conn)}
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="worker") as pool:
+        futures = [pool.submit(_worker_loop, ctx, plan, stage, codes, records, summary) for _ in range(workers)]
+        for future in futures:
+            future.result()
+    summary.interrupted = ctx.stop.is_set()
+    return summary
+
+
+def _worker_loop(ctx: RunContext, plan: Plan, stage: str, codes: Sequence[str],
+                 records: dict[int, MailboxRecord], summary: RunSummary) -> None:
+    owner = work.worker_identity()
+    while not ctx.stop.is_set():
+        with translate_db_errors(), ctx.engine.begin() as conn:
+            job = work.claim_job(conn, owner, plan.name, stage, codes, LEASE_SECONDS)
+        if job is None:
+            return
+        _run_job(ctx, job, Lease(job.id, owner, LEASE_SECONDS), records[job.mailbox_id], stage, summary)
+
+
+def _run_job(ctx: RunContext, job: JobRecord, lease: Lease, record: MailboxRecord, stage: str,
+             summary: RunSummary) -> None:
+    with translate_db_errors(), ctx.engine.begin() as conn:
+        checkpoint_id = work.open_checkpoint(conn, lease, record.id, stage)
+    journal = Journal(ctx.engine, lease, record.id, checkpoint_id, ctx.stop, ctx.crash)
+    state, kind, error, problems = work.JOB_DONE, None, None, []
+    try:
+        problems = [f"{record.source}: {p}" for p in run_mailbox_pass(ctx, record, journal)]
+    except Interrupted:
+        with translate_db_errors(), ctx.engine.begin() as conn:
+            work.close_checkpoint(conn, checkpoint_id, "interrupted")
+            work.release_job(conn, lease)
+        return
+    except LeaseLost as exc:
+        summary.add(False, [f"{record.source}: {exc}"])
+        return
+    except (MailboxFailed, EndpointError, SafetyStop, MigratorError) as exc:
+        if isinstance(exc, UserError):
+            raise
+        state, error = work.JOB_FAILED, str(exc)
+        kind = exc.reason if isinstance(exc, MailboxFailed) else type(exc).__name__.lower()
+        problems = [f"{record.source}: {exc}"]
+    if problems and state == work.JOB_DONE:
+        state, kind, error = work.JOB_FAILED, "folders", "; ".join(problems)
+    with translate_db_errors(), ctx.engine.begin() as conn:
+        work.close_checkpoint(conn, checkpoint_id, state)
+        work.finish_job(conn, lease, state, kind, error)
+        if error:
+            work.log_event(conn, "job-failed", error, record.id, job.id)
+    summary.add(state == work.JOB_DONE, problems)

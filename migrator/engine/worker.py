@@ -1,0 +1,219 @@
+"""One mailbox pass: route folders, settle open intents, copy what the ledger lacks, bring flags up to date.
+
+Intent before effect: for every batch the intent rows are committed before the APPEND and the done rows
+after it. A crash anywhere leaves at most one batch of open intents, which the next pass settles by
+searching the target for their tags before anything is sent again. Transient failures reconnect and
+re-run the pass (which settles first), so a write is never retried blind.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from migrator.accounting import Progress
+from migrator.config import Config
+from migrator.connectors.base import Endpoint, Mailbox, open_mailbox
+from migrator.engine import diff
+from migrator.engine.checkpoint import CrashHook, Journal
+from migrator.engine.mapping import FolderRoute, route_folders
+from migrator.errors import FolderFailed, ItemFailed, Throttled, Transient
+from migrator.model import CopyTag, FolderInfo, Login, MailboxEntry, MessageRef, RawMessage
+from migrator.store import ledger
+from migrator.store.db import translate_db_errors
+from migrator.store.records import LedgerEntry, MailboxRecord, PendingCopy, TargetFolderRecord
+from migrator.throttle import Pacer
+
+CHUNK_MESSAGES = 50
+CHUNK_BYTES = 16 * 2**20
+MAX_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class RunContext:
+    config: Config
+    engine: Engine
+    source: Endpoint
+    target: Endpoint
+    source_pacer: Pacer
+    target_pacer: Pacer
+    progress: Progress
+    stop: threading.Event
+    crash: CrashHook
+    credentials: Mapping[str, MailboxEntry]
+
+
+def logins_for(credentials: Mapping[str, MailboxEntry], record: MailboxRecord) -> tuple[Login, Login]:
+    """Per-user passwords from mailboxes.csv when given for this run, else admin logins on behalf of users."""
+    entry = credentials.get(record.source) or MailboxEntry(record.source, record.target, record.source_login,
+                                                           None, record.target_login)
+    return entry.source_access(), entry.target_access()
+
+
+def run_mailbox_pass(ctx: RunContext, record: MailboxRecord, journal: Journal) -> list[str]:
+    """Copy one mailbox; returns folder-level problems (the pass went on past them). Raises MailboxFailed."""
+    source_login, target_login = logins_for(ctx.credentials, record)
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        try:
+            with open_mailbox(ctx.source, source_login, write=False) as src, \
+                    open_mailbox(ctx.target, target_login, write=True) as dst:
+                return _copy_mailbox(ctx, record, journal, src, dst)
+        except Throttled as exc:
+            if attempt == MAX_ATTEMPTS:
+                raise
+            journal.event("throttled", str(exc))
+            ctx.progress.add(throttled=exc.retry_after)
+            _sleep_unless_stopped(ctx.stop, exc.retry_after)
+        except Transient as exc:
+            if attempt == MAX_ATTEMPTS:
+                raise
+            journal.event("retry", f"attempt {attempt} of {MAX_ATTEMPTS}: {exc}")
+            _sleep_unless_stopped(ctx.stop, min(30.0, 0.5 * 2**attempt))
+        journal.check_stop()
+    raise AssertionError("unreachable")
+
+
+def _sleep_unless_stopped(stop: threading.Event, seconds: float) -> None:
+    stop.wait(seconds)
+
+
+def _copy_mailbox(ctx: RunContext, record: MailboxRecord, journal: Journal, src: Mailbox, dst: Mailbox) -> list[str]:
+    source_folders = src.list_folders()
+    target_folders = dst.list_folders()
+    separator = next((f.separator for f in target_folders if f.separator), None)
+    routes = route_folders(source_folders, target_folders, separator, ctx.config.mapping.folders,
+                           ctx.config.filters.exclude_folders)
+    with translate_db_errors(), ctx.engine.connect() as conn:
+        known_targets = ledger.target_folders(conn, record.id)
+    problems = []
+    for route in routes:
+        journal.check_stop()
+        try:
+            target = _target_folder(dst, route, known_targets, journal)
+            _sync_folder(ctx, record, journal, src, dst, route.source, target)
+        except FolderFailed as exc:
+            journal.event("folder-failed", str(exc))
+            problems.append(str(exc))
+    return problems
+
+
+def _target_folder(dst: Mailbox, route: FolderRoute, known: Mapping[str, TargetFolderRecord],
+                   journal: Journal) -> FolderInfo:
+    folder, created = dst.ensure_folder(route.target_path, route.role)
+    record = known.get(folder.path)
+    if record is not None and record.uidvalidity not in (None, folder.key):
+        raise FolderFailed(f"safety stop: target folder {folder.path!r} was recreated (UIDVALIDITY {folder.key}, "
+                           f"was {record.uidvalidity}); the ledger's target ids there are void: nothing copied into it")
+    if record is None or record.uidvalidity != folder.key:
+        journal.target_folder(TargetFolderRecord(folder.path, folder.key, created, journal.checkpoint_id))
+    return folder
+
+
+def _entries(ctx: RunContext, record: MailboxRecord, folder: FolderInfo) -> list[LedgerEntry]:
+    with translate_db_errors(), ctx.engine.connect() as conn:
+        return ledger.folder_entries(conn, record.id, folder.path)
+
+
+def _sync_folder(ctx: RunContext, record: MailboxRecord, journal: Journal, src: Mailbox, dst: Mailbox,
+                 folder: FolderInfo, target: FolderInfo) -> None:
+    entries = _entries(ctx, record, folder)
+    keys = {entry.source_key for entry in entries}
+    if keys and keys != {folder.key}:
+        raise FolderFailed(f"safety stop: source folder {folder.path!r} has UIDVALIDITY {folder.key}, the ledger "
+                           f"has {', '.join(sorted(keys))}: its message ids changed, so nothing was copied from it "
+                           f"(a person must decide whether it was recreated)")
+    intents = [entry for entry in entries if entry.state == ledger.INTENT]
+    if intents:
+        _settle(ctx, record, journal, dst, target, intents)
+        entries = _entries(ctx, record, folder)
+    actions = diff.plan_folder(src.list_messages(folder), entries, ctx.config.filters)
+    if actions.flag_updates:
+        dst.set_flags(target, {tid: flags for tid, flags in actions.flag_updates.values()})
+        journal.flags({lid: flags for lid, (_tid, flags) in actions.flag_updates.items()})
+        ctx.progress.add(flag_updates=len(actions.flag_updates))
+    for chunk in diff.chunk_refs(actions.copy, CHUNK_MESSAGES, CHUNK_BYTES):
+        journal.check_stop()
+        _copy_chunk(ctx, journal, src, dst, folder, target, chunk)
+
+
+def _settle(ctx: RunContext, record: MailboxRecord, journal: Journal, dst: Mailbox, target: FolderInfo,
+            intents: Sequence[LedgerEntry]) -> None:
+    by_target: dict[str, list[LedgerEntry]] = {}
+    for entry in intents:
+        by_target.setdefault(entry.target_folder, []).append(entry)
+    for path, group in by_target.items():
+        folder = target if path == target.path else FolderInfo(path, target.separator, None, group[0].target_key)
+        watermarks = [int(e.watermark) for e in group if e.watermark and e.watermark.isdigit()]
+        since = str(min(watermarks)) if len(watermarks) == len(group) else None
+        found = dst.find_tagged(folder, [CopyTag(e.digest, e.size) for e in group], since)
+        with translate_db_errors(), ctx.engine.connect() as conn:
+            claimed = ledger.claimed_target_ids(conn, record.id, path, folder.key)
+        outcome = diff.settle(group, found, claimed)
+        journal.settled(outcome.done, outcome.dropped)
+        journal.event("settled", f"{path!r}: {len(outcome.done)} open copies found on the target, "
+                                 f"{len(outcome.dropped)} never arrived and will be copied")
+
+
+def _copy_chunk(ctx: RunContext, journal: Journal, src: Mailbox, dst: Mailbox, folder: FolderInfo,
+                target: FolderInfo, chunk: Sequence[MessageRef]) -> None:
+    size = sum(ref.size for ref in chunk)
+    ctx.progress.add(throttled=ctx.source_pacer.acquire(len(chunk), size))
+    messages = list(src.fetch(folder, chunk))
+    limit = dst.capabilities().max_message_size
+    oversize = [m for m in messages if limit is not None and len(m.body) > limit]
+    sendable = [m for m in messages if m not in oversize]
+    watermark = dst.watermark(target) if sendable else None
+    ids = journal.intents([_pending(folder, target, m, watermark) for m in messages])
+    ledger_ids = dict(zip([m.ref.id for m in messages], ids, strict=True))
+    for message in oversize:
+        _refuse(ctx, journal, ledger_ids[message.ref.id], folder, message,
+                ItemFailed(f"{len(message.body)} bytes is over the target's limit of {limit}", "too-large"))
+    if sendable:
+        ctx.progress.add(throttled=ctx.target_pacer.acquire(len(sendable), sum(len(m.body) for m in sendable)))
+        _append(ctx, journal, dst, folder, target, sendable, ledger_ids)
+
+
+def _append(ctx: RunContext, journal: Journal, dst: Mailbox, folder: FolderInfo, target: FolderInfo,
+            messages: Sequence[RawMessage], ledger_ids: Mapping[str, int]) -> None:
+    since = None if dst.capabilities().append_returns_ids else dst.watermark(target)
+    try:
+        uids = dst.append(target, messages)
+    except ItemFailed as exc:
+        if len(messages) == 1:
+            _refuse(ctx, journal, ledger_ids[messages[0].ref.id], folder, messages[0], exc)
+            return
+        for message in messages:  # a refused bulk append stored nothing (RFC 3502): isolate the culprit
+            _append(ctx, journal, dst, folder, target, [message], ledger_ids)
+        return
+    if any(uid is None for uid in uids):
+        found = dst.find_tagged(target, [CopyTag(m.digest, len(m.body)) for m in messages], since)
+        uids = _match_found(messages, found, uids)
+    done = {ledger_ids[m.ref.id]: uid for m, uid in zip(messages, uids, strict=True) if uid is not None}
+    journal.done(done, sum(len(m.body) for m in messages))
+    ctx.progress.add(messages=len(done), size=sum(len(m.body) for m in messages))
+
+
+def _match_found(messages: Sequence[RawMessage], found: Mapping[CopyTag, Sequence[str]],
+                 uids: Sequence[str | None]) -> list[str | None]:
+    remaining = {tag: list(ids) for tag, ids in found.items()}
+    result: list[str | None] = []
+    for message, uid in zip(messages, uids, strict=True):
+        if uid is None:
+            pool = remaining.get(CopyTag(message.digest, len(message.body)), [])
+            uid = pool.pop(0) if pool else None
+        result.append(uid)
+    return result
+
+
+def _refuse(ctx: RunContext, journal: Journal, ledger_id: int, folder: FolderInfo, message: RawMessage,
+            exc: ItemFailed) -> None:
+    journal.failed(ledger_id, exc.reason, f"{folder.path!r} UID {message.ref.id}: {exc}")
+    ctx.progress.add(failed=1)
+
+
+def _pending(folder: FolderInfo, target: FolderInfo, message: RawMessage, watermark: str | None) -> PendingCopy:
+    return PendingCopy(folder.path, folder.key or "", message.ref.id, message.digest, len(message.body),
+                       message.ref.flags, message.ref.internal_date.isoformat(), target.path, target.key, watermark)

@@ -1,0 +1,146 @@
+"""Frozen value objects shared by every layer; connectors, store and engine speak only these."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    """Special-use role of a folder (RFC 6154), the common ground between IMAP and Exchange folders."""
+
+    INBOX = "inbox"
+    SENT = "sent"
+    DRAFTS = "drafts"
+    TRASH = "trash"
+    JUNK = "junk"
+    ARCHIVE = "archive"
+
+
+class Stage(StrEnum):
+    PRESTAGE = "prestage"
+    DELTA = "delta"
+    FINAL = "final"
+
+
+class Secret:
+    """A password or client secret; its repr and str never show the value, so it cannot leak into logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class Login:
+    """How to open one mailbox on one endpoint: its address, and the user's own credentials if given.
+
+    When `password` is None the endpoint logs in with its admin credentials on behalf of `user`.
+    """
+
+    address: str
+    user: str
+    password: Secret | None = None
+
+
+@dataclass(frozen=True)
+class MailboxEntry:
+    """One row of mailboxes.csv."""
+
+    source: str
+    target: str
+    source_login: str | None = None
+    source_password: Secret | None = None
+    target_login: str | None = None
+    target_password: Secret | None = None
+    group: str | None = None
+    priority: int = 0
+
+    def source_access(self) -> Login:
+        return Login(self.source, self.source_login or self.source, self.source_password)
+
+    def target_access(self) -> Login:
+        return Login(self.target, self.target_login or self.target, self.target_password)
+
+
+@dataclass(frozen=True)
+class FolderInfo:
+    """A folder as the endpoint reports it. `key` changes when the folder's ids are no longer valid
+    (IMAP UIDVALIDITY); `path` is the decoded name with the endpoint's own `separator`."""
+
+    path: str
+    separator: str | None
+    role: Role | None = None
+    key: str | None = None
+    messages: int = 0
+    size: int = 0
+    selectable: bool = True
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        if not self.separator:
+            return (self.path,)
+        return tuple(self.path.split(self.separator))
+
+
+@dataclass(frozen=True)
+class MessageRef:
+    """A message in a listing: enough to decide whether it must be copied, without its bytes."""
+
+    id: str
+    size: int
+    flags: frozenset[str]
+    internal_date: datetime
+
+
+@dataclass(frozen=True)
+class RawMessage:
+    ref: MessageRef
+    body: bytes = field(repr=False)
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.body).hexdigest()
+
+
+@dataclass(frozen=True)
+class CopyTag:
+    """Idempotency tag of one copy: the SHA-256 of the exact bytes plus their size.
+
+    The tag never modifies the message: on resume the target folder is searched for messages of this
+    size that arrived after the recorded watermark, and their bytes are hashed to find the copy.
+    """
+
+    digest: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an endpoint can do; callers test these, connectors never pretend."""
+
+    append_returns_ids: bool = False
+    bulk_append: bool = False
+    preserves_bytes: bool = False
+    preserves_internal_date: bool = False
+    special_use: bool = False
+    change_cursor: str | None = None
+    max_message_size: int | None = None
+    raw: frozenset[str] = frozenset()

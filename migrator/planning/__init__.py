@@ -1,0 +1,1 @@
+"""Planning: a pure planner (inventory + policy -> Plan) and plan files people review."""

@@ -1,0 +1,120 @@
+"""Opening the state store: one engine per process, SQLite tuned for crash safety, Alembic to head.
+
+SQLite runs in WAL mode with `synchronous=FULL` (a committed ledger row survives power loss, which is
+the whole point of writing it before an APPEND) and every transaction starts with BEGIN IMMEDIATE, so
+writers queue on the busy timeout instead of failing half-way. PostgreSQL needs nothing special.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+
+import migrator
+from migrator.errors import StateError, UserError
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+def migrations_dir() -> Path:
+    """Revisions ship inside the wheel as migrator/migrations; in a source checkout they sit beside it."""
+    package = Path(migrator.__file__).parent
+    for candidate in (package / "migrations", package.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise StateError("the Alembic revisions (migrations/) are missing from this installation")
+
+
+def _tune_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = FULL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_store_engine(url: str) -> Engine:
+    """An Engine for `url`; raises UserError for a malformed URL or a missing driver."""
+    try:
+        engine = create_engine(url, future=True, pool_pre_ping=not url.startswith("sqlite"))
+    except (ArgumentError, ImportError) as exc:
+        raise UserError(f"[state].url: cannot use {url.split('://')[0]!r}: {exc}") from None
+    if engine.dialect.name == "sqlite":
+        database = engine.url.database
+        if database and database != ":memory:" and not Path(database).parent.is_dir():
+            raise UserError(f"[state].url: folder {Path(database).parent} does not exist")
+        _tune_sqlite(engine)
+    return engine
+
+
+def _alembic_config(connection: Connection) -> AlembicConfig:
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(migrations_dir()))
+    config.attributes["connection"] = connection
+    return config
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema to `revision`. Raises StateError if the database cannot be reached or written."""
+    with translate_db_errors(), engine.begin() as connection:
+        command.upgrade(_alembic_config(connection), revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    with translate_db_errors(), engine.begin() as connection:
+        command.downgrade(_alembic_config(connection), revision)
+
+
+def schema_status(engine: Engine) -> tuple[str | None, str]:
+    """(current revision, head revision) of the store."""
+    with translate_db_errors(), engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+        connection.rollback()
+    head = ScriptDirectory(str(migrations_dir())).get_current_head()
+    return current, head or ""
+
+
+def open_store(url: str) -> Engine:
+    """An engine for an existing store at the current schema; raises StateError with the fix otherwise."""
+    engine = create_store_engine(url)
+    current, head = schema_status(engine)
+    if current != head:
+        found = "no schema" if current is None else f"schema revision {current}"
+        raise StateError(f"state store {engine.url.render_as_string(hide_password=True)} has {found}, "
+                         f"this migrator needs {head}: run `migrator db upgrade`")
+    return engine
+
+
+@contextmanager
+def translate_db_errors() -> Iterator[None]:
+    """Database failures become one-line StateErrors; the transaction in progress is rolled back."""
+    try:
+        yield
+    except OperationalError as exc:
+        reason = str(exc.orig).splitlines()[0] if exc.orig else str(exc)
+        hint = ""
+        if "locked" in reason:
+            hint = " (another process holds the database; retry when it finishes)"
+        elif "full" in reason:
+            hint = " (free disk space, then re-run: the last committed state is intact)"
+        raise StateError(f"state store: {reason}{hint}") from None
+    except DBAPIError as exc:
+        reason = str(exc.orig).splitlines()[0] if exc.orig else str(exc)
+        raise StateError(f"state store: {reason}") from None

@@ -1,0 +1,116 @@
+"""The per-message ledger: an intent row committed before every target write, a done row after it.
+
+States: `intent` (a write may or may not have reached the target), `done` (copied; target_id known),
+`failed` (refused by the target for a reason that retrying cannot fix, e.g. too large). Every write
+re-checks the job lease in the same transaction, so a worker that lost its job cannot record anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Row, bindparam, delete, insert, select, update
+
+from migrator.store.records import Lease, LedgerEntry, PendingCopy, TargetFolderRecord, utcnow
+from migrator.store.schema import ledger, target_folder
+from migrator.store.work import renew_lease
+
+INTENT, DONE, FAILED = "intent", "done", "failed"
+
+
+def encode_flags(flags: Iterable[str]) -> str:
+    return " ".join(sorted(flags))
+
+
+def decode_flags(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+def _entry(row: Row[Any]) -> LedgerEntry:
+    r = row._mapping
+    return LedgerEntry(r["id"], r["source_folder"], r["source_key"], r["source_id"], r["digest"], r["size"],
+                       decode_flags(r["flags"]), r["internal_date"], r["target_folder"], r["target_key"],
+                       r["watermark"], r["target_id"], r["state"], r["reason"])
+
+
+def folder_entries(conn: Connection, mailbox_id: int, source_folder: str) -> list[LedgerEntry]:
+    rows = conn.execute(select(ledger).where(ledger.c.mailbox_id == mailbox_id,
+                                             ledger.c.source_folder == source_folder).order_by(ledger.c.id))
+    return [_entry(row) for row in rows]
+
+
+def mailbox_entries(conn: Connection, mailbox_id: int) -> list[LedgerEntry]:
+    rows = conn.execute(select(ledger).where(ledger.c.mailbox_id == mailbox_id).order_by(ledger.c.id))
+    return [_entry(row) for row in rows]
+
+
+def claimed_target_ids(conn: Connection, mailbox_id: int, target_path: str, target_key: str | None) -> set[str]:
+    """Target ids the ledger already accounts for in that folder: never the copy of another intent."""
+    rows = conn.execute(select(ledger.c.target_id).where(
+        ledger.c.mailbox_id == mailbox_id, ledger.c.target_folder == target_path, ledger.c.target_key == target_key,
+        ledger.c.target_id.is_not(None)))
+    return {value for value in rows.scalars() if value is not None}
+
+
+def record_intents(conn: Connection, lease: Lease, mailbox_id: int, checkpoint_id: int,
+                   copies: Sequence[PendingCopy]) -> list[int]:
+    """Write intent rows (one transaction with the lease check); returns their ids in order."""
+    renew_lease(conn, lease)
+    now = utcnow()
+    ids: list[int] = []
+    for copy in copies:
+        values = {
+            "mailbox_id": mailbox_id, "source_folder": copy.source_folder, "source_key": copy.source_key,
+            "source_id": copy.source_id, "digest": copy.digest, "size": copy.size,
+            "flags": encode_flags(copy.flags), "internal_date": copy.internal_date,
+            "target_folder": copy.target_folder, "target_key": copy.target_key, "watermark": copy.watermark,
+            "state": INTENT, "checkpoint_id": checkpoint_id, "created_at": now,
+        }
+        ids.append(int(conn.execute(insert(ledger).values(**values)).inserted_primary_key[0]))  # type: ignore[index]
+    return ids
+
+
+def record_done(conn: Connection, lease: Lease, target_ids: Mapping[int, str]) -> None:
+    """Mark intents done with the target id each copy got."""
+    renew_lease(conn, lease)
+    if target_ids:
+        conn.execute(update(ledger).where(ledger.c.id == bindparam("ledger_id"))
+                     .values(state=DONE, target_id=bindparam("tid"), done_at=utcnow()),
+                     [{"ledger_id": key, "tid": value} for key, value in target_ids.items()])
+
+
+def record_failed(conn: Connection, lease: Lease, ledger_id: int, reason: str) -> None:
+    renew_lease(conn, lease)
+    conn.execute(update(ledger).where(ledger.c.id == ledger_id).values(state=FAILED, reason=reason, done_at=utcnow()))
+
+
+def drop_intents(conn: Connection, lease: Lease, ledger_ids: Sequence[int]) -> None:
+    """Forget intents whose write provably never reached the target, so they are copied again."""
+    renew_lease(conn, lease)
+    if ledger_ids:
+        conn.execute(delete(ledger).where(ledger.c.id.in_(list(ledger_ids)), ledger.c.state == INTENT))
+
+
+def record_flags(conn: Connection, lease: Lease, flags: Mapping[int, frozenset[str]]) -> None:
+    renew_lease(conn, lease)
+    if flags:
+        conn.execute(update(ledger).where(ledger.c.id == bindparam("ledger_id")).values(flags=bindparam("f")),
+                     [{"ledger_id": key, "f": encode_flags(value)} for key, value in flags.items()])
+
+
+def target_folders(conn: Connection, mailbox_id: int) -> dict[str, TargetFolderRecord]:
+    rows = conn.execute(select(target_folder).where(target_folder.c.mailbox_id == mailbox_id))
+    return {r.path: TargetFolderRecord(r.path, r.uidvalidity, bool(r.created_by_us), r.checkpoint_id) for r in rows}
+
+
+def remember_target_folder(conn: Connection, lease: Lease, mailbox_id: int, record: TargetFolderRecord) -> None:
+    """Note a target folder and whether we created it (rollback removes only ours)."""
+    renew_lease(conn, lease)
+    values = {"uidvalidity": record.uidvalidity}
+    changed = conn.execute(update(target_folder).where(target_folder.c.mailbox_id == mailbox_id,
+                                                       target_folder.c.path == record.path).values(**values)).rowcount
+    if not changed:
+        conn.execute(insert(target_folder).values(mailbox_id=mailbox_id, path=record.path,
+                                                  created_by_us=int(record.created_by_us),
+                                                  checkpoint_id=record.checkpoint_id, **values))

@@ -1,0 +1,192 @@
+"""Plans, batches, jobs with leases, checkpoints and the append-only event log.
+
+Leases are claimed with a compare-and-set UPDATE (`WHERE lease_owner IS NOT DISTINCT FROM old`), which
+behaves the same on SQLite and PostgreSQL: of two workers racing for a job exactly one update matches.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Select, func, insert, select, update
+
+from migrator.errors import LeaseLost
+from migrator.store.records import JobRecord, Lease, utcnow
+from migrator.store.schema import batch, checkpoint, event, job, plan
+
+JOB_PENDING, JOB_RUNNING, JOB_DONE, JOB_FAILED = "pending", "running", "done", "failed"
+
+
+def worker_identity() -> str:
+    """host:pid:random — lets a restarted worker on the same host reclaim jobs of a dead process at once."""
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+
+
+def owner_is_dead_local_process(owner: str) -> bool:
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return int(pid_text) != os.getpid() and _is_zombie(int(pid_text))
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class PlanBatch:
+    code: str
+    window: str | None
+    mailbox_ids: Sequence[int]
+
+
+def register_plan(conn: Connection, name: str, fingerprint: str, path: str, accepted_edits: bool) -> int:
+    """The plan version about to run; returns its id (one row per distinct fingerprint)."""
+    found = conn.execute(select(plan.c.id).where(plan.c.name == name, plan.c.fingerprint == fingerprint)).scalar()
+    if found is not None:
+        return int(found)
+    result = conn.execute(insert(plan).values(name=name, fingerprint=fingerprint, path=path,
+                                              accepted_edits=int(accepted_edits), registered_at=utcnow()))
+    return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+
+def prepare_jobs(conn: Connection, plan_name: str, plan_id: int, stage: str, batches: Sequence[PlanBatch]) -> None:
+    """Make one job per (batch, mailbox, stage), and queue finished ones again: every run is a new pass."""
+    now = utcnow()
+    for item in batches:
+        batch_id = conn.execute(select(batch.c.id).where(batch.c.plan_name == plan_name,
+                                                         batch.c.code == item.code)).scalar()
+        if batch_id is None:
+            batch_id = conn.execute(insert(batch).values(plan_name=plan_name, code=item.code,
+                                                         window=item.window)).inserted_primary_key[0]  # type: ignore[index]
+        existing = set(conn.execute(select(job.c.mailbox_id).where(job.c.batch_id == batch_id,
+                                                                   job.c.stage == stage)).scalars())
+        for mailbox_id in item.mailbox_ids:
+            if mailbox_id not in existing:
+                conn.execute(insert(job).values(batch_id=batch_id, mailbox_id=mailbox_id, stage=stage,
+                                                state=JOB_PENDING, plan_id=plan_id, attempts=0, updated_at=now))
+        conn.execute(update(job).where(job.c.batch_id == batch_id, job.c.stage == stage,
+                                       job.c.state.in_([JOB_DONE, JOB_FAILED]),
+                                       job.c.mailbox_id.in_(list(item.mailbox_ids)))
+                     .values(state=JOB_PENDING, plan_id=plan_id, error=None, error_kind=None, updated_at=now))
+
+
+def _job_query(plan_name: str, stage: str, codes: Sequence[str]) -> Select[Any]:
+    return (select(job, batch.c.code).join(batch, batch.c.id == job.c.batch_id)
+            .where(batch.c.plan_name == plan_name, job.c.stage == stage, batch.c.code.in_(list(codes))))
+
+
+def claim_job(conn: Connection, owner: str, plan_name: str, stage: str, codes: Sequence[str], ttl: int,
+              is_dead: Callable[[str], bool] = owner_is_dead_local_process) -> JobRecord | None:
+    """Lease the next runnable job: pending, or running under an expired lease or a dead local worker."""
+    now = utcnow()
+    candidates = conn.execute(_job_query(plan_name, stage, codes)
+                              .where(job.c.state.in_([JOB_PENDING, JOB_RUNNING])).order_by(batch.c.code, job.c.id))
+    for row in candidates:
+        if row.state == JOB_RUNNING and row.lease_owner and not (
+                (row.lease_expires_at and row.lease_expires_at < now) or is_dead(row.lease_owner)):
+            continue
+        previous = row.lease_owner
+        claimed = conn.execute(
+            update(job).where(job.c.id == row.id, job.c.state.in_([JOB_PENDING, JOB_RUNNING]),
+                              job.c.lease_owner.is_(None) if previous is None else job.c.lease_owner == previous)
+            .values(state=JOB_RUNNING, lease_owner=owner, lease_expires_at=now + timedelta(seconds=ttl),
+                    attempts=row.attempts + 1, updated_at=now)).rowcount
+        if claimed:
+            return JobRecord(row.id, row.code, row.mailbox_id, row.stage, JOB_RUNNING, row.attempts + 1)
+    return None
+
+
+def renew_lease(conn: Connection, lease: Lease) -> None:
+    """Extend the lease inside the caller's transaction; raises LeaseLost if another worker holds the job."""
+    renewed = conn.execute(update(job).where(job.c.id == lease.job_id, job.c.lease_owner == lease.owner,
+                                             job.c.state == JOB_RUNNING)
+                           .values(lease_expires_at=utcnow() + timedelta(seconds=lease.ttl_seconds))).rowcount
+    if not renewed:
+        raise LeaseLost(f"job {lease.job_id} is no longer leased to this worker; another worker took it over")
+
+
+def finish_job(conn: Connection, lease: Lease, state: str, error_kind: str | None = None,
+               error: str | None = None) -> None:
+    renew_lease(conn, lease)
+    conn.execute(update(job).where(job.c.id == lease.job_id)
+                 .values(state=state, error_kind=error_kind, error=error, lease_owner=None,
+                         lease_expires_at=None, updated_at=utcnow()))
+
+
+def release_job(conn: Connection, lease: Lease) -> None:
+    """Give a job back unfinished (interrupted run): the next run picks it up at once."""
+    conn.execute(update(job).where(job.c.id == lease.job_id, job.c.lease_owner == lease.owner)
+                 .values(state=JOB_PENDING, lease_owner=None, lease_expires_at=None, updated_at=utcnow()))
+
+
+def open_checkpoint(conn: Connection, lease: Lease, mailbox_id: int, stage: str) -> int:
+    renew_lease(conn, lease)
+    result = conn.execute(insert(checkpoint).values(job_id=lease.job_id, mailbox_id=mailbox_id, stage=stage,
+                                                    started_at=utcnow(), copied=0, copied_bytes=0,
+                                                    flag_updates=0, failed=0))
+    return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+
+def add_to_checkpoint(conn: Connection, checkpoint_id: int, *, copied: int = 0, copied_bytes: int = 0,
+                      flag_updates: int = 0, failed: int = 0) -> None:
+    c = checkpoint.c
+    conn.execute(update(checkpoint).where(c.id == checkpoint_id).values(
+        copied=c.copied + copied, copied_bytes=c.copied_bytes + copied_bytes,
+        flag_updates=c.flag_updates + flag_updates, failed=c.failed + failed))
+
+
+def close_checkpoint(conn: Connection, checkpoint_id: int, outcome: str) -> None:
+    conn.execute(update(checkpoint).where(checkpoint.c.id == checkpoint_id)
+                 .values(finished_at=utcnow(), outcome=outcome))
+
+
+def log_event(conn: Connection, kind: str, message: str, mailbox_id: int | None = None,
+              job_id: int | None = None) -> None:
+    conn.execute(insert(event).values(at=utcnow(), kind=kind, message=message, mailbox_id=mailbox_id, job_id=job_id))
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    plan: str
+    batch: str
+    stage: str
+    mailbox_id: int
+    state: str
+    attempts: int
+    error_kind: str | None
+    error: str | None
+    updated_at: datetime
+    copied: int
+    copied_bytes: int
+    failed: int
+
+
+def job_statuses(conn: Connection, plan_name: str | None = None) -> list[JobStatus]:
+    """Every job with the counts summed over all its checkpoints, for `status` and reports."""
+    totals = (select(checkpoint.c.job_id, *[
+        func.coalesce(func.sum(checkpoint.c[name]), 0).label(name) for name in ("copied", "copied_bytes", "failed")])
+        .group_by(checkpoint.c.job_id).subquery())
+    query = (select(job, batch.c.plan_name, batch.c.code, totals.c.copied, totals.c.copied_bytes, totals.c.failed)
+             .join(batch, batch.c.id == job.c.batch_id).outerjoin(totals, totals.c.job_id == job.c.id)
+             .order_by(batch.c.plan_name, batch.c.code, job.c.stage, job.c.mailbox_id))
+    if plan_name:
+        query = query.where(batch.c.plan_name == plan_name)
+    return [JobStatus(r.plan_name, r.code, r.stage, r.mailbox_id, r.state, r.attempts, r.error_kind, r.error,
+                      r.updated_at, r.copied or 0, r.copied_bytes or 0, r.failed or 0) for r in conn.execute(query)]
