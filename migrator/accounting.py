@@ -29,7 +29,7 @@ class Progress:
     counters: Counters = field(default_factory=Counters)
     started: float = field(default_factory=time.monotonic)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _last: float = 0.0
+    _last: float = field(default_factory=time.monotonic)
 
     def add(self, *, messages: int = 0, size: int = 0, flag_updates: int = 0, failed: int = 0,
             throttled: float = 0.0) -> None:

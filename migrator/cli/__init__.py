@@ -48,4 +48,8 @@ def main() -> None:
     except MigratorError as exc:
         click.echo(f"migrator: error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except Exception as exc:  # the top-level boundary: a bug gets one line here and a traceback with -v
+        logging.getLogger("migrator").debug("internal error", exc_info=True)
+        click.echo(f"migrator: internal error: {type(exc).__name__}: {exc} (re-run with -v for details)", err=True)
+        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

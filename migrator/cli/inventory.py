@@ -24,12 +24,12 @@ def check_command(config_path: Path, mailboxes_path: Path | None, check_all: boo
     entries = list(credentials(config, mailboxes_path).values())
     for endpoint_config in (config.source, config.target):
         endpoint = make_endpoint(endpoint_config)
-        probe = endpoint.probe()
-        admin = "admin login ok" if probe.admin_login else "no admin login configured"
+        logins = [e.source_access() if endpoint_config.role == "source" else e.target_access() for e in entries]
+        probe = endpoint.probe(on_behalf_of=logins[0].user if logins else None)
+        admin = f"admin login on behalf of {logins[0].user} ok" if probe.admin_login else "no admin login checked"
         click.echo(f"{endpoint_config.role}: {probe.address} reachable ({probe.security}), {admin}; "
                    f"capabilities: {' '.join(sorted(probe.capabilities))}")
-        for entry in entries if check_all else entries[:1]:
-            login = entry.source_access() if endpoint_config.role == "source" else entry.target_access()
+        for login in logins if check_all else logins[:1]:
             with open_mailbox(endpoint, login, write=False) as mailbox:
                 caps = mailbox.capabilities()
             click.echo(f"{endpoint_config.role}: login as {login.user} ok (append returns ids: "

@@ -11,8 +11,8 @@ from migrator.accounting import Progress
 from migrator.cli.common import config_option, credentials, install_stop_handlers, mailboxes_option, open_session
 from migrator.cli.verify import run_verify
 from migrator.engine.checkpoint import CrashHook
-from migrator.engine.scheduler import queue_plan, run_queue
-from migrator.engine.worker import RunContext
+from migrator.engine.scheduler import plan_mailboxes, queue_plan, run_queue
+from migrator.engine.worker import RunContext, logins_for
 from migrator.model import Stage
 from migrator.planning.planfile import read_plan
 from migrator.throttle import Pacer
@@ -40,8 +40,10 @@ def run_command(plan_path: Path, stage: str, batches: tuple[str, ...], workers: 
     config = session.config
     source, target = session.endpoints()
     logins = credentials(config, mailboxes_path)
-    source.probe()
-    target.probe()
+    first = plan_mailboxes(session.engine, plan, codes)[plan.batch(codes[0]).mailboxes[0].source]
+    source_login, target_login = logins_for(logins, first)
+    source.probe(on_behalf_of=source_login.user)
+    target.probe(on_behalf_of=target_login.user)
     queue_plan(session.engine, plan, plan_path, fingerprint, edited, stage, codes)
     stop = threading.Event()
     install_stop_handlers(stop)

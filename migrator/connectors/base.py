@@ -68,8 +68,9 @@ class Mailbox(Protocol):
 class Endpoint(Protocol):
     """One configured server or tenant."""
 
-    def probe(self) -> Probe:
-        """Reach it, negotiate TLS, log in as admin if configured; raises Unreachable or AuthFailed."""
+    def probe(self, on_behalf_of: str | None = None) -> Probe:
+        """Reach it and negotiate TLS; with admin credentials configured and a user to act for, log in as
+        the admin on that user's behalf. Raises Unreachable or AuthFailed."""
         ...
 
     def session(self, login: Login, *, write: bool) -> AbstractContextManager[Mailbox]: ...

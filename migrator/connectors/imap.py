@@ -44,6 +44,7 @@ _LISTING = [b"UID", b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE"]
 _APPENDUID = re.compile(rb"\[APPENDUID (\d+) ([0-9:,]+)\]")
 _BACKOFF = re.compile(rb"Suggested Backoff Time: (\d+) milliseconds", re.IGNORECASE)
 FETCH_CHUNK = 200
+LISTING_SLICE = 2000
 
 
 def _text(exc: BaseException) -> bytes:
@@ -120,15 +121,15 @@ class ImapEndpoint:
             else:
                 raise UserError(f"{context}: no password in mailboxes.csv and no admin_user in [{self.config.role}]")
 
-    def probe(self) -> Probe:
+    def probe(self, on_behalf_of: str | None = None) -> Probe:
         client = self.connect()
         try:
             with _translated(self.config.describe()):
                 capabilities = frozenset(c.decode() for c in client.capabilities())
-                admin = False
-                if self.config.admin_user:
-                    client.login(self.config.admin_user, self._admin_secret())
-                    admin = True
+                admin = bool(self.config.admin_user and on_behalf_of)
+                if admin:
+                    client.plain_login(self.config.admin_user, self._admin_secret(),
+                                       authorization_identity=on_behalf_of)
                     capabilities = frozenset(c.decode() for c in client.capabilities())
         finally:
             _close(client)
@@ -216,11 +217,17 @@ class ImapMailbox:
             result: dict[bytes, Any] = self.client.folder_status(path, [b"UIDVALIDITY", b"UIDNEXT"])
         return result
 
-    def _listing(self, uids: str | Sequence[int] = "1:*") -> list[MessageRef]:
+    def _listing(self, floor: int = 1) -> list[MessageRef]:
+        """Size, flags and date of every message with UID >= floor in the selected folder.
+
+        imapclient 4 cannot FETCH a "1:*" range (it filters replies by the ids asked for), so the UIDs come
+        from UID SEARCH and are fetched in slices that keep command lines short.
+        """
         with _translated(f"{self.context} FETCH"):
-            if uids == "1:*" and not self.client.search(["ALL"]):
-                return []
-            data = self.client.fetch(uids, _LISTING)
+            uids = sorted(u for u in self.client.search(["UID", f"{floor}:*"]) if u >= floor)
+            data: dict[int, Any] = {}
+            for start in range(0, len(uids), LISTING_SLICE):
+                data.update(self.client.fetch(uids[start:start + LISTING_SLICE], _LISTING))
         return sorted((MessageRef(str(uid), item[b"RFC822.SIZE"], _flags(item[b"FLAGS"]), item[b"INTERNALDATE"])
                        for uid, item in data.items()), key=lambda ref: int(ref.id))
 
@@ -263,9 +270,8 @@ class ImapMailbox:
 
     def find_tagged(self, folder: FolderInfo, tags: Sequence[CopyTag], since: str | None) -> dict[CopyTag, list[str]]:
         self._select(folder, write=False)
-        floor = int(since) if since else 1
         sizes = {tag.size for tag in tags}
-        candidates = [ref for ref in self._listing(f"{floor}:*") if int(ref.id) >= floor and ref.size in sizes]
+        candidates = [ref for ref in self._listing(int(since) if since else 1) if ref.size in sizes]
         found: dict[CopyTag, list[str]] = {}
         wanted = set(tags)
         for start in range(0, len(candidates), FETCH_CHUNK):

@@ -35,7 +35,7 @@ class Discovered:
 def discover(config: Config, engine: Engine, source: Endpoint, entries: Sequence[MailboxEntry],
              on_mailbox: Callable[[Discovered], None] = lambda _d: None) -> list[Discovered]:
     """Read every mailbox's folders from the source, then save them; raises EndpointError before saving."""
-    probe = source.probe()
+    probe = source.probe(on_behalf_of=entries[0].source_access().user if entries else None)
     found = []
     for entry in entries:
         with open_mailbox(source, entry.source_access(), write=False) as mailbox:
