@@ -7,8 +7,10 @@ what the servers hold, message by message (SHA-256 of the bytes, flags, INTERNAL
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -136,9 +138,19 @@ def start_lab(root: Path, spec: CorpusSpec, **target_options: object) -> tuple[D
 
 
 @pytest.fixture
-def lab(dovecot: None, tmp_path: Path) -> Iterator[Lab]:
+def lab_root() -> Iterator[Path]:
+    """Server files live outside pytest's tmp tree: pytest keeps /tmp/pytest-of-<user> at mode 0700 (and
+    resets it when another session starts), which Dovecot's unprivileged processes cannot traverse."""
+    root = Path(tempfile.mkdtemp(prefix="migrator-lab-"))
+    root.chmod(0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def lab(dovecot: None, lab_root: Path, tmp_path: Path) -> Iterator[Lab]:
     """A source with a generated corpus (two users), an empty Exchange-like target, a project folder."""
-    source, target = start_lab(tmp_path, CorpusSpec(messages_per_mailbox=40, large_attachments=1))
+    source, target = start_lab(lab_root, CorpusSpec(messages_per_mailbox=40, large_attachments=1))
     project = tmp_path / "project"
     project.mkdir()
     try:

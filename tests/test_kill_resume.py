@@ -24,8 +24,8 @@ KILLS = 12
 
 
 @pytest.fixture
-def big_lab(dovecot: None, tmp_path: Path) -> Iterator[Lab]:
-    source, target = start_lab(tmp_path, CorpusSpec(messages_per_mailbox=250, large_attachments=2))
+def big_lab(dovecot: None, lab_root: Path, tmp_path: Path) -> Iterator[Lab]:
+    source, target = start_lab(lab_root, CorpusSpec(messages_per_mailbox=250, large_attachments=2))
     project = tmp_path / "project"
     project.mkdir()
     try:

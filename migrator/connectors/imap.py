@@ -266,6 +266,8 @@ class ImapMailbox:
         text = b" ".join(d for d in data if isinstance(d, bytes))
         if typ != "OK":
             raise classify_failure(imap_errors.IMAPClientError(text.decode("utf-8", "replace")), context)
+        if "UIDPLUS" not in self._caps:  # an unadvertised APPENDUID is not a promise: callers search instead
+            return [None] * len(messages)
         return _appended_uids(text, folder, len(messages))
 
     def find_tagged(self, folder: FolderInfo, tags: Sequence[CopyTag], since: str | None) -> dict[CopyTag, list[str]]:

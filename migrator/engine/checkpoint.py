@@ -3,7 +3,7 @@
 It is the one place for three cross-cutting concerns: the job lease (re-checked by every write), the
 stop request (SIGTERM/SIGINT: checked between batches, never inside one), and the crash hook that the
 interrupt-at-every-step tests use (`MIGRATOR_TEST_CRASH_AT=k` kills the process right after the k-th
-ledger commit; it is read only when `MIGRATOR_TEST_MODE=1`).
+step, a step being a ledger commit or a target write that returned; read only when `MIGRATOR_TEST_MODE=1`).
 """
 
 from __future__ import annotations
@@ -61,6 +61,10 @@ class Journal:
             result = action(conn)
         self.crash.step()
         return result
+
+    def effect_done(self) -> None:
+        """A target write returned: the moment between effect and record that crash tests must hit too."""
+        self.crash.step()
 
     def check_stop(self) -> None:
         if self.stop.is_set():

@@ -181,6 +181,7 @@ def _append(ctx: RunContext, journal: Journal, dst: Mailbox, folder: FolderInfo,
     since = None if dst.capabilities().append_returns_ids else dst.watermark(target)
     try:
         uids = dst.append(target, messages)
+        journal.effect_done()
     except ItemFailed as exc:
         if len(messages) == 1:
             _refuse(ctx, journal, ledger_ids[messages[0].ref.id], folder, messages[0], exc)
