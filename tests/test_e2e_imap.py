@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 from migrator.lab.corpus import mailbox_snapshot
 from tests.imap_fixtures import Lab
@@ -18,9 +19,20 @@ def test_prestage_copies_everything_exactly_once_and_a_rerun_copies_nothing(lab:
     assert report["ok"] is True
     folders = [f for m in report["mailboxes"] for f in m["folders"]]
     assert sum(f["verified"] for f in folders) == sum(f["source_messages"] for f in folders) > 100
-    second = lab.migrator("run", "plans/wave1.yaml", "--stage", "prestage")
+    second = subprocess.run(lab.command("-v", "run", "plans/wave1.yaml", "--stage", "prestage"), cwd=lab.project,
+                            capture_output=True, text=True, check=True)
     assert "copied 0 messages" in second.stdout
     lab.assert_exact_copy()
+    assert_no_secrets(lab, first.stdout + first.stderr + second.stdout + second.stderr + verify.stdout)
+
+
+def assert_no_secrets(lab: Lab, output: str) -> None:
+    """Passwords from mailboxes.csv appear nowhere: not in the state store, plans or anything printed."""
+    passwords = [user.password for pair in lab.pairs for user in pair]
+    stored = b"".join(path.read_bytes() for path in lab.project.rglob("*")
+                      if path.is_file() and path.name != "mailboxes.csv")
+    for password in passwords:
+        assert password.encode() not in stored and password not in output
 
 
 def test_delta_copies_new_mail_and_flag_changes(lab: Lab) -> None:

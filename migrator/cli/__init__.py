@@ -29,6 +29,8 @@ def cli(verbose: bool) -> None:
     """Crash-safe email migration: discover, plan, run, verify."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # imapclient's debug log shows AUTHENTICATE payloads, which carry passwords: never below INFO
+    logging.getLogger("imapclient").setLevel(logging.INFO)
 
 
 for command in (init_command, db_group, check_command, discover_command, plan_group, run_command, status_command,
