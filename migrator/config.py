@@ -14,7 +14,8 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ def parse_size(text: str | int, where: str) -> int:
     unit = match.group(2).upper() if match else ""
     if not match or unit not in _SIZE_UNITS:
         raise UserError(f"{where}: {text!r} is not a size; write e.g. 40MB, 200GB or 512KiB")
-    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+    return int(Decimal(match.group(1)) * _SIZE_UNITS[unit])
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ class _Table:
         self.used: set[str] = set()
 
     def where(self, key: str) -> str:
-        return f"{self.file}: {self.name}.{key}"
+        return f"{self.file}: {self.name}.{key}" if self.name else f"{self.file}: {key}"
 
     def get(self, key: str, kind: type | tuple[type, ...], default: Any = None, required: bool = False) -> Any:
         self.used.add(key)
@@ -232,6 +233,8 @@ def _filters(file: Path, data: Any) -> FilterConfig:
     dates = {key: table.get(key, (str, date)) for key in ("before", "after")}
     parsed: dict[str, date | None] = {}
     for key, value in dates.items():
+        if isinstance(value, datetime):
+            raise UserError(f"{table.where(key)}: {value.isoformat()} is a date-time; give a day (YYYY-MM-DD)")
         try:
             parsed[key] = date.fromisoformat(value) if isinstance(value, str) else value
         except ValueError:

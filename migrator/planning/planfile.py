@@ -66,6 +66,20 @@ def _field(data: dict[str, Any], key: str, kind: type, where: str) -> Any:
     return value
 
 
+def _number(data: dict[str, Any], key: str, kind: type[int] | type[float], where: str) -> Any:
+    value = data.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UserError(f"{where}: '{key}' must be a number, not {value!r}")
+    return kind(value)
+
+
+def _mapping(data: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = data.get(key) or {}
+    if not isinstance(value, dict):
+        raise UserError(f"{where}: '{key}' must be a mapping")
+    return value
+
+
 def _batch(data: Any, where: str) -> PlannedBatch:
     if not isinstance(data, dict):
         raise UserError(f"{where}: each batch must be a mapping")
@@ -77,15 +91,17 @@ def _batch(data: Any, where: str) -> PlannedBatch:
         if not isinstance(item, dict):
             raise UserError(f"{here}: must be a mapping")
         mailboxes.append(PlannedMailbox(_field(item, "source", str, here), _field(item, "target", str, here),
-                                        int(item.get("messages", 0)), int(item.get("bytes", 0)), item.get("group")))
+                                        _number(item, "messages", int, here), _number(item, "bytes", int, here),
+                                        item.get("group")))
+    here = f"{where} {batch_id} estimate"
     return PlannedBatch(batch_id, data.get("window"), tuple(mailboxes),
-                        Estimate(int(estimate.get("messages", 0)), int(estimate.get("bytes", 0)),
-                                 int(estimate.get("seconds", 0))))
+                        Estimate(_number(estimate, "messages", int, here), _number(estimate, "bytes", int, here),
+                                 _number(estimate, "seconds", int, here)))
 
 
 def read_plan(path: Path, *, accept_edits: bool = False) -> tuple[Plan, str, bool]:
-    """(plan, fingerprint of its content, edited?). Raises UserError for a malformed file and SafetyStop
-    for an edited one unless `accept_edits`."""
+    """(plan, fingerprint of its content, edited?). Raises UserError for a malformed file, and for an
+    edited one unless `accept_edits` (bad input: exit 2, nothing changed)."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -101,8 +117,8 @@ def read_plan(path: Path, *, accept_edits: bool = False) -> tuple[Plan, str, boo
         raise UserError(f"{path}: edited after creation (fingerprint {recorded} != content {actual}); "
                         f"review the change and re-run with --accept-edits, or recreate it with `migrator plan create`")
     where = str(path)
-    policy = data.get("policy") or {}
-    rate = data.get("estimate_rate") or {}
+    policy = _mapping(data, "policy", where)
+    rate = _mapping(data, "estimate_rate", where)
     batches = tuple(_batch(item, where) for item in _field(data, "batches", list, where))
     ids = [b.id for b in batches]
     if len(set(ids)) != len(ids):
@@ -112,7 +128,8 @@ def read_plan(path: Path, *, accept_edits: bool = False) -> tuple[Plan, str, boo
         raise UserError(f"{path}: a mailbox appears in more than one batch")
     plan = Plan(_field(data, "plan", str, where), str(data.get("source", "")), str(data.get("target", "")),
                 tuple(_field(data, "stages", list, where)),
-                Policy(int(policy.get("max_mailboxes", 0)), policy.get("max_size"), policy.get("window"),
+                Policy(_number(policy, "max_mailboxes", int, where), policy.get("max_size"), policy.get("window"),
                        bool(policy.get("allow_split", False))),
-                (float(rate.get("messages_per_second", 1)), int(rate.get("bytes_per_second", 1))), batches)
+                (_number(rate, "messages_per_second", float, where), _number(rate, "bytes_per_second", int, where)),
+                batches)
     return plan, actual, edited

@@ -80,8 +80,9 @@ def _groups(mailboxes: Sequence[MailboxRecord]) -> list[list[MailboxRecord]]:
     grouped: dict[str, list[MailboxRecord]] = {}
     for record in mailboxes:
         grouped.setdefault(f"g:{record.group}" if record.group else f"m:{record.source}", []).append(record)
-    return sorted(grouped.values(), key=lambda members: (-max(m.priority for m in members),
-                                                         -sum(m.size for m in members), members[0].source))
+    groups = [sorted(members, key=lambda m: m.source) for members in grouped.values()]
+    return sorted(groups, key=lambda members: (-max(m.priority for m in members),
+                                               -sum(m.size for m in members), members[0].source))
 
 
 def create_plan(name: str, source: str, target: str, mailboxes: Sequence[MailboxRecord], policy: Policy,
