@@ -13,6 +13,7 @@ import sys
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,14 +148,21 @@ def lab_root() -> Iterator[Path]:
     shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture
-def lab(dovecot: None, lab_root: Path, tmp_path: Path) -> Iterator[Lab]:
-    """A source with a generated corpus (two users), an empty Exchange-like target, a project folder."""
-    source, target = start_lab(lab_root, CorpusSpec(messages_per_mailbox=40, large_attachments=1))
-    project = tmp_path / "project"
+@contextmanager
+def running_lab(root: Path, spec: CorpusSpec, config_extra: str = "", **target_options: object) -> Iterator[Lab]:
+    """Both servers started with the corpus loaded, a project folder, everything stopped afterwards."""
+    source, target = start_lab(root, spec, **target_options)
+    project = root / "project"
     project.mkdir()
     try:
-        yield Lab(source, target, list(zip(SOURCE_USERS, TARGET_USERS, strict=True)), project)
+        yield Lab(source, target, list(zip(SOURCE_USERS, TARGET_USERS, strict=True)), project, config_extra)
     finally:
         source.stop()
         target.stop()
+
+
+@pytest.fixture
+def lab(dovecot: None, lab_root: Path) -> Iterator[Lab]:
+    """A source with a generated corpus (two users), an empty Exchange-like target, a project folder."""
+    with running_lab(lab_root, CorpusSpec(messages_per_mailbox=40, large_attachments=1)) as running:
+        yield running

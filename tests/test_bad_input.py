@@ -77,7 +77,7 @@ def test_malformed_csv_is_exit_2_and_changes_nothing(planned: Lab, csv_text: str
 @pytest.mark.parametrize(("extra", "expected"), [
     ("[throttle.target]\nmax_conections = 3\n", "throttle.target.max_conections: unknown key"),
     ("[filters]\nexclude_folder = ['Junk']\n", "filters.exclude_folder: unknown key"),
-    ("[target2]\nkind = 'imap'\n", ".target2: unknown key"),
+    ("[target2]\nkind = 'imap'\n", "migrator.toml: target2: unknown key"),
 ])
 def test_mistyped_config_key_is_exit_2(planned: Lab, extra: str, expected: str) -> None:
     before = store_dump(planned.project)

@@ -17,24 +17,18 @@ from pathlib import Path
 import pytest
 
 from migrator.lab.corpus import CorpusSpec
-from tests.imap_fixtures import SOURCE_USERS, TARGET_USERS, Lab, start_lab
+from tests.imap_fixtures import Lab, running_lab
 from tests.test_contract_imap import PLAIN_CAPABILITIES
 
 STEP_CYCLE = [3, 2, 4, 5, 1, 6, 7, 3, 8]
 
 
 @pytest.fixture(params=["uidplus-multiappend", "plain-imap4rev1"])
-def small_lab(request: pytest.FixtureRequest, dovecot: None, lab_root: Path, tmp_path: Path) -> Iterator[Lab]:
+def small_lab(request: pytest.FixtureRequest, dovecot: None, lab_root: Path) -> Iterator[Lab]:
     options = {"capabilities": PLAIN_CAPABILITIES} if request.param == "plain-imap4rev1" else {}
-    source, target = start_lab(lab_root, CorpusSpec(messages_per_mailbox=14, large_attachments=0,
-                                                    include_cpython_samples=False), **options)
-    project = tmp_path / "project"
-    project.mkdir()
-    try:
-        yield Lab(source, target, list(zip(SOURCE_USERS, TARGET_USERS, strict=True)), project)
-    finally:
-        source.stop()
-        target.stop()
+    spec = CorpusSpec(messages_per_mailbox=14, large_attachments=0, include_cpython_samples=False)
+    with running_lab(lab_root, spec, **options) as lab:
+        yield lab
 
 
 def settled_copies(project: Path) -> int:

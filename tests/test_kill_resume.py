@@ -18,22 +18,16 @@ from pathlib import Path
 import pytest
 
 from migrator.lab.corpus import CorpusSpec
-from tests.imap_fixtures import SOURCE_USERS, TARGET_USERS, Lab, start_lab
+from tests.imap_fixtures import Lab, running_lab
 
 KILLS = 12
 
 
 @pytest.fixture
-def big_lab(dovecot: None, lab_root: Path, tmp_path: Path) -> Iterator[Lab]:
-    source, target = start_lab(lab_root, CorpusSpec(messages_per_mailbox=250, large_attachments=2))
-    project = tmp_path / "project"
-    project.mkdir()
-    try:
-        yield Lab(source, target, list(zip(SOURCE_USERS, TARGET_USERS, strict=True)), project,
-                  config_extra="[throttle.target]\nmessages_per_second = 250\n")
-    finally:
-        source.stop()
-        target.stop()
+def big_lab(dovecot: None, lab_root: Path) -> Iterator[Lab]:
+    with running_lab(lab_root, CorpusSpec(messages_per_mailbox=250, large_attachments=2),
+                     config_extra="[throttle.target]\nmessages_per_second = 250\n") as lab:
+        yield lab
 
 
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(big_lab: Lab) -> None:
