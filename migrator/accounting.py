@@ -15,6 +15,8 @@ class Counters:
     bytes: int = 0
     flag_updates: int = 0
     failed: int = 0
+    still_failed: int = 0
+    deleted: int = 0
     throttled_seconds: float = 0.0
 
 
@@ -32,13 +34,15 @@ class Progress:
     _last: float = field(default_factory=time.monotonic)
 
     def add(self, *, messages: int = 0, size: int = 0, flag_updates: int = 0, failed: int = 0,
-            throttled: float = 0.0) -> None:
+            still_failed: int = 0, deleted: int = 0, throttled: float = 0.0) -> None:
         with self._lock:
             c = self.counters
             c.messages += messages
             c.bytes += size
             c.flag_updates += flag_updates
             c.failed += failed
+            c.still_failed += still_failed
+            c.deleted += deleted
             c.throttled_seconds += throttled
             now = time.monotonic()
             if not self.quiet and now - self._last >= self.interval:

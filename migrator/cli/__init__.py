@@ -15,6 +15,7 @@ import click
 from migrator import __version__
 from migrator.cli.inventory import check_command, discover_command
 from migrator.cli.plans import plan_group
+from migrator.cli.rollback import rollback_command
 from migrator.cli.run import run_command
 from migrator.cli.setup import db_group, init_command
 from migrator.cli.status import status_command
@@ -34,7 +35,7 @@ def cli(verbose: bool) -> None:
 
 
 for command in (init_command, db_group, check_command, discover_command, plan_group, run_command, status_command,
-                verify_command):
+                verify_command, rollback_command):
     cli.add_command(command)
 
 

@@ -3,21 +3,50 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
 
 from migrator.accounting import Progress
-from migrator.cli.common import config_option, credentials, install_stop_handlers, mailboxes_option, open_session
+from migrator.cli.common import (
+    Session,
+    config_option,
+    credentials,
+    install_stop_handlers,
+    mailboxes_option,
+    open_session,
+)
 from migrator.cli.verify import run_verify
 from migrator.engine.checkpoint import CrashHook
 from migrator.engine.scheduler import plan_mailboxes, queue_plan, run_queue
-from migrator.engine.worker import RunContext, logins_for
+from migrator.engine.worker import PassOptions, RunContext, logins_for
 from migrator.model import Stage
 from migrator.planning.planfile import read_plan
+from migrator.planning.planner import Plan
 from migrator.throttle import Pacer
 
 EXIT_INTERRUPTED = 130
+
+
+def work_context(session: Session, plan: Plan, codes: Sequence[str], mailboxes_path: Path | None,
+                 options: PassOptions, *, need_source: bool) -> RunContext:
+    """Everything a queue of jobs needs, after a preflight that reaches and logs in to the endpoints
+    (as admin on behalf of the first mailbox where admin credentials are configured). Raises
+    EndpointError before anything is written, and UserError for mailboxes the inventory lacks."""
+    config = session.config
+    source, target = session.endpoints()
+    logins = credentials(config, mailboxes_path)
+    first = plan_mailboxes(session.engine, plan, codes)[plan.batch(codes[0]).mailboxes[0].source]
+    source_login, target_login = logins_for(logins, first)
+    if need_source:
+        source.probe(on_behalf_of=source_login.user)
+    target.probe(on_behalf_of=target_login.user)
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    total = sum(m.messages for code in codes for m in plan.batch(code).mailboxes)
+    return RunContext(config, session.engine, source, target, Pacer(config.source_throttle),
+                      Pacer(config.target_throttle), Progress(total_messages=total), stop, CrashHook(), logins, options)
 
 
 @click.command("run")
@@ -27,43 +56,38 @@ EXIT_INTERRUPTED = 130
 @click.option("--workers", type=int, default=None, help="Mailboxes in parallel (default: [throttle.target] "
                                                          "max_connections, at most 4).")
 @click.option("--accept-edits", is_flag=True, help="Run a plan that was edited after creation.")
+@click.option("--sync-deletes", is_flag=True, help="Remove from the target the copies of messages deleted on the "
+                                                    "source since the last pass.")
+@click.option("--rematch-folder", "rematch", multiple=True, help="Source folder (as the source names it) whose "
+              "UIDVALIDITY changed: pair its messages with earlier copies by content instead of stopping.")
 @config_option
 @mailboxes_option
 def run_command(plan_path: Path, stage: str, batches: tuple[str, ...], workers: int | None, accept_edits: bool,
-                config_path: Path, mailboxes_path: Path | None) -> int:
+                sync_deletes: bool, rematch: tuple[str, ...], config_path: Path, mailboxes_path: Path | None) -> int:
     """Copy the plan's mailboxes; re-running resumes and copies only what is missing."""
     session = open_session(config_path)
     plan, fingerprint, edited = read_plan(plan_path, accept_edits=accept_edits)
     codes = list(batches) or [b.id for b in plan.batches]
     for code in codes:
         plan.batch(code)
-    config = session.config
-    source, target = session.endpoints()
-    logins = credentials(config, mailboxes_path)
-    first = plan_mailboxes(session.engine, plan, codes)[plan.batch(codes[0]).mailboxes[0].source]
-    source_login, target_login = logins_for(logins, first)
-    source.probe(on_behalf_of=source_login.user)
-    target.probe(on_behalf_of=target_login.user)
+    ctx = work_context(session, plan, codes, mailboxes_path, PassOptions(sync_deletes, frozenset(rematch)),
+                       need_source=True)
     queue_plan(session.engine, plan, plan_path, fingerprint, edited, stage, codes)
-    stop = threading.Event()
-    install_stop_handlers(stop)
-    total = sum(m.messages for code in codes for m in plan.batch(code).mailboxes)
-    progress = Progress(total_messages=total)
-    ctx = RunContext(config, session.engine, source, target, Pacer(config.source_throttle),
-                     Pacer(config.target_throttle), progress, stop, CrashHook(), logins)
+    config = session.config
     count = workers or min(4, config.target_throttle.max_connections, config.source_throttle.max_connections)
     summary = run_queue(ctx, plan, stage, codes, max(1, count))
-    progress.finish()
-    c = progress.counters
+    ctx.progress.finish()
+    progress, c = ctx.progress, ctx.progress.counters
     click.echo(f"{stage}: {summary.jobs_done} mailboxes done, {summary.jobs_failed} failed; copied {c.messages} "
                f"messages ({c.bytes / 1e6:.1f} MB) in {progress.elapsed():.1f}s "
                f"({c.messages / progress.elapsed():.0f} msg/s, {c.bytes / 1e6 / progress.elapsed():.1f} MB/s), "
-               f"{c.flag_updates} flag updates, {c.failed} items failed")
+               f"{c.flag_updates} flag updates, {c.deleted} deletions, {c.failed} items failed"
+               + (f", {c.still_failed} failed in earlier passes" if c.still_failed else ""))
     for problem in summary.problems:
         click.echo(f"  problem: {problem}", err=True)
     if summary.interrupted:
         click.echo("interrupted: re-run the same command to resume", err=True)
         return EXIT_INTERRUPTED
-    if stage == Stage.FINAL and not summary.jobs_failed and not c.failed:
-        return run_verify(session, plan, codes, logins, deep=False, as_json=False)
-    return 1 if summary.jobs_failed or c.failed else 0
+    if stage == Stage.FINAL and not summary.jobs_failed and not c.failed and not c.still_failed:
+        return run_verify(session, plan, codes, ctx.credentials, deep=False, as_json=False)
+    return 1 if summary.jobs_failed or c.failed or c.still_failed else 0

@@ -17,20 +17,28 @@ from migrator.store.db import translate_db_errors
 @click.option("--plan", "plan_name", default=None, help="Only this plan.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @click.option("--watch", is_flag=True, help="Refresh every 2 seconds until interrupted.")
-def status_command(config_path: Path, plan_name: str | None, as_json: bool, watch: bool) -> int:
+@click.option("--checkpoints", "show_checkpoints", is_flag=True, help="List every pass's checkpoint (for rollback).")
+def status_command(config_path: Path, plan_name: str | None, as_json: bool, watch: bool,
+                   show_checkpoints: bool) -> int:
     """Jobs per plan, batch and stage, with copied and failed counts."""
     session = open_session(config_path)
     while True:
         with translate_db_errors(), session.engine.connect() as conn:
             names = {m.id: m.source for m in inventory.list_mailboxes(conn)}
             jobs = work.job_statuses(conn, plan_name)
+            checkpoints = work.checkpoint_rows(conn, plan_name)
         if as_json:
             emit_json({"jobs": [{"plan": j.plan, "batch": j.batch, "stage": j.stage, "mailbox": names[j.mailbox_id],
                                  "state": j.state, "attempts": j.attempts, "copied": j.copied,
                                  "copied_bytes": j.copied_bytes, "failed_items": j.failed, "error_kind": j.error_kind,
-                                 "error": j.error, "updated_at": j.updated_at.isoformat()} for j in jobs]})
+                                 "error": j.error, "updated_at": j.updated_at.isoformat()} for j in jobs],
+                       "checkpoints": [c | {"mailbox": names[c.pop("mailbox_id")]} for c in checkpoints]})
             return 0
         _render(jobs, names)
+        if show_checkpoints:
+            for c in checkpoints:
+                click.echo(f"checkpoint {c['id']:>6}  {c['batch']:<6} {c['stage']:<9} {names[c['mailbox_id']]:<32} "
+                           f"{c['started_at']}  copied {c['copied']}  {c['outcome'] or 'open'}")
         if not watch:
             return 1 if any(j.state == work.JOB_FAILED or j.failed for j in jobs) else 0
         time.sleep(2)

@@ -62,7 +62,13 @@ class Mailbox(Protocol):
 
     def set_flags(self, folder: FolderInfo, flags: Mapping[str, frozenset[str]]) -> None: ...
 
-    def delete(self, folder: FolderInfo, ids: Sequence[str]) -> None: ...
+    def delete(self, folder: FolderInfo, ids: Sequence[str]) -> None:
+        """Remove messages by id (rollback and --sync-deletes only); ids already gone are no error."""
+        ...
+
+    def remove_folder(self, folder: FolderInfo) -> None:
+        """Remove an empty folder (rollback of folders this tool created)."""
+        ...
 
 
 class Endpoint(Protocol):
@@ -114,6 +120,9 @@ class ReadOnlyMailbox:
 
     def delete(self, folder: FolderInfo, ids: Sequence[str]) -> None:
         raise self._refuse(f"delete from {folder.path!r}")
+
+    def remove_folder(self, folder: FolderInfo) -> None:
+        raise self._refuse(f"remove folder {folder.path!r}")
 
 
 @contextmanager

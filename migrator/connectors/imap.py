@@ -293,14 +293,29 @@ class ImapMailbox:
                 self.client.set_flags(uids, [f.encode() for f in sorted(wanted)], silent=True)
 
     def delete(self, folder: FolderInfo, ids: Sequence[str]) -> None:
+        """UID EXPUNGE where UIDPLUS allows; otherwise other messages that carry \\Deleted (copied so from
+        the source) lose the flag for the moment of a plain EXPUNGE and get it back right after."""
         self._select(folder, write=True)
         uids = [int(i) for i in ids]
         with _translated(f"{self.context} EXPUNGE in {folder.path!r}"):
-            self.client.delete_messages(uids, silent=True)
+            self.client.add_flags(uids, [b"\\Deleted"], silent=True)
             if "UIDPLUS" in self._caps:
                 self.client.uid_expunge(uids)
-            else:
-                self.client.expunge()
+                return
+            bystanders = sorted(set(self.client.search(["DELETED"])) - set(uids))
+            if bystanders:
+                self.client.remove_flags(bystanders, [b"\\Deleted"], silent=True)
+            self.client.expunge()
+            if bystanders:
+                self.client.add_flags(bystanders, [b"\\Deleted"], silent=True)
+
+    def remove_folder(self, folder: FolderInfo) -> None:
+        if self._selected and self._selected[0] == folder.path:
+            with _translated(f"{self.context} EXAMINE INBOX"):  # leaves the folder without CLOSE's expunge
+                self.client.select_folder("INBOX", readonly=True)
+            self._selected = ("INBOX", False)
+        with _translated(f"{self.context} DELETE {folder.path!r}"):
+            self.client.delete_folder(folder.path)
 
 
 def _appended_uids(text: bytes, folder: FolderInfo, count: int) -> list[str | None]:

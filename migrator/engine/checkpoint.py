@@ -98,6 +98,28 @@ class Journal:
             work.add_to_checkpoint(conn, self.checkpoint_id, flag_updates=len(flags))
         self._commit(write)
 
+    def removed(self, ledger_ids: Sequence[int], reason: str) -> None:
+        self._commit(lambda c: ledger.mark_removed(c, self.lease, ledger_ids, reason))
+
+    def rekeyed(self, new_ids: Mapping[int, tuple[str, str]], orphans: Sequence[int]) -> None:
+        def write(conn: Connection) -> None:
+            ledger.rekey(conn, self.lease, new_ids)
+            ledger.mark_removed(conn, self.lease, orphans, "gone from the source after its UIDVALIDITY changed")
+        self._commit(write)
+
+    def renamed(self, old: str, new: str) -> None:
+        def write(conn: Connection) -> None:
+            ledger.rename_source_folder(conn, self.lease, self.mailbox_id, old, new)
+            work.log_event(conn, "folder-renamed", f"source folder {old!r} is now {new!r}: copies stay where they are",
+                           self.mailbox_id, self.lease.job_id)
+        self._commit(write)
+
+    def forget(self, ledger_ids: Sequence[int]) -> None:
+        self._commit(lambda c: ledger.forget(c, self.lease, ledger_ids))
+
+    def forget_target_folder(self, path: str) -> None:
+        self._commit(lambda c: ledger.forget_target_folder(c, self.lease, self.mailbox_id, path))
+
     def target_folder(self, record: TargetFolderRecord) -> None:
         self._commit(lambda c: ledger.remember_target_folder(c, self.lease, self.mailbox_id, record))
 

@@ -12,7 +12,7 @@ from datetime import date
 
 from migrator.config import FilterConfig
 from migrator.model import CopyTag, MessageRef
-from migrator.store.ledger import DONE, INTENT
+from migrator.store.ledger import DONE, FAILED, INTENT
 from migrator.store.records import LedgerEntry
 
 
@@ -56,10 +56,12 @@ class FolderActions:
     flag_updates: dict[int, tuple[str, frozenset[str]]]
     already_copied: int
     failed_before: int
+    gone: dict[int, LedgerEntry] = field(default_factory=dict)
 
 
 def plan_folder(listing: Sequence[MessageRef], entries: Sequence[LedgerEntry], filters: FilterConfig) -> FolderActions:
-    """What to do in one folder once open intents are settled: copy what the ledger lacks, fix flags."""
+    """What to do in one folder once open intents are settled: copy what the ledger lacks, fix flags, and
+    which copies lost their source message (`gone`)."""
     if any(entry.state == INTENT for entry in entries):
         raise ValueError("settle open intents before planning a folder")
     by_source = {entry.source_id: entry for entry in entries}
@@ -75,9 +77,11 @@ def plan_folder(listing: Sequence[MessageRef], entries: Sequence[LedgerEntry], f
             already += 1
             if entry.flags != ref.flags and entry.target_id is not None:
                 flag_updates[entry.id] = (entry.target_id, ref.flags)
-        else:
+        elif entry.state == FAILED:
             failed += 1
-    return FolderActions(copy, flag_updates, already, failed)
+    present = {ref.id for ref in listing}
+    gone = {e.id: e for e in entries if e.state == DONE and e.source_id not in present}
+    return FolderActions(copy, flag_updates, already, failed, gone)
 
 
 def chunk_refs(refs: Sequence[MessageRef], max_count: int, max_bytes: int) -> list[list[MessageRef]]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from migrator.engine.checkpoint import Interrupted, Journal
-from migrator.engine.worker import RunContext, run_mailbox_pass
+from migrator.engine.worker import MailboxPass, RunContext, run_mailbox_pass
 from migrator.errors import EndpointError, LeaseLost, MailboxFailed, MigratorError, SafetyStop, UserError
 from migrator.planning.planner import Plan
 from migrator.store import inventory, work
@@ -66,13 +66,16 @@ def queue_plan(engine: Engine, plan: Plan, path: Path, fingerprint: str, edited:
         work.log_event(conn, "run", f"plan {plan.name} ({fingerprint}) stage {stage} batches {', '.join(codes)}")
 
 
-def run_queue(ctx: RunContext, plan: Plan, stage: str, codes: Sequence[str], workers: int) -> RunSummary:
-    """Lease and run jobs until none is left; returns what happened."""
+def run_queue(ctx: RunContext, plan: Plan, stage: str, codes: Sequence[str], workers: int,
+              mailbox_pass: MailboxPass = run_mailbox_pass) -> RunSummary:
+    """Lease and run jobs until none is left; returns what happened. `mailbox_pass` does one job's work
+    (a copy pass by default; rollback passes its own) and returns folder-level problems."""
     summary = RunSummary()
     with translate_db_errors(), ctx.engine.connect() as conn:
         records = {r.id: r for r in inventory.list_mailboxes(conn)}
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="worker") as pool:
-        futures = [pool.submit(_worker_loop, ctx, plan, stage, codes, records, summary) for _ in range(workers)]
+        futures = [pool.submit(_worker_loop, ctx, plan, stage, codes, records, summary, mailbox_pass)
+                   for _ in range(workers)]
         for future in futures:
             future.result()
     summary.interrupted = ctx.stop.is_set()
@@ -80,24 +83,25 @@ def run_queue(ctx: RunContext, plan: Plan, stage: str, codes: Sequence[str], wor
 
 
 def _worker_loop(ctx: RunContext, plan: Plan, stage: str, codes: Sequence[str],
-                 records: dict[int, MailboxRecord], summary: RunSummary) -> None:
+                 records: dict[int, MailboxRecord], summary: RunSummary, mailbox_pass: MailboxPass) -> None:
     owner = work.worker_identity()
     while not ctx.stop.is_set():
         with translate_db_errors(), ctx.engine.begin() as conn:
             job = work.claim_job(conn, owner, plan.name, stage, codes, LEASE_SECONDS)
         if job is None:
             return
-        _run_job(ctx, job, Lease(job.id, owner, LEASE_SECONDS), records[job.mailbox_id], stage, summary)
+        _run_job(ctx, job, Lease(job.id, owner, LEASE_SECONDS), records[job.mailbox_id], stage, summary,
+                 mailbox_pass)
 
 
 def _run_job(ctx: RunContext, job: JobRecord, lease: Lease, record: MailboxRecord, stage: str,
-             summary: RunSummary) -> None:
+             summary: RunSummary, mailbox_pass: MailboxPass) -> None:
     with translate_db_errors(), ctx.engine.begin() as conn:
         checkpoint_id = work.open_checkpoint(conn, lease, record.id, stage)
     journal = Journal(ctx.engine, lease, record.id, checkpoint_id, ctx.stop, ctx.crash)
     state, kind, error, problems = work.JOB_DONE, None, None, []
     try:
-        problems = [f"{record.source}: {p}" for p in run_mailbox_pass(ctx, record, journal)]
+        problems = [f"{record.source}: {p}" for p in mailbox_pass(ctx, record, journal)]
     except Interrupted:
         with translate_db_errors(), ctx.engine.begin() as conn:
             work.close_checkpoint(conn, checkpoint_id, "interrupted")

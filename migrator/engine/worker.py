@@ -9,8 +9,8 @@ re-run the pass (which settles first), so a write is never retried blind.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 
@@ -20,6 +20,7 @@ from migrator.connectors.base import Endpoint, Mailbox, open_mailbox
 from migrator.engine import diff
 from migrator.engine.checkpoint import CrashHook, Journal
 from migrator.engine.mapping import FolderRoute, route_folders
+from migrator.engine.recovery import adopt_renamed_folders, check_source_key
 from migrator.errors import FolderFailed, ItemFailed, Throttled, Transient
 from migrator.model import CopyTag, FolderInfo, Login, MailboxEntry, MessageRef, RawMessage
 from migrator.store import ledger
@@ -44,6 +45,18 @@ class RunContext:
     stop: threading.Event
     crash: CrashHook
     credentials: Mapping[str, MailboxEntry]
+    options: PassOptions = field(default_factory=lambda: PassOptions())
+
+
+@dataclass(frozen=True)
+class PassOptions:
+    """What a person asked of this run beyond copying: propagate deletions, re-match reset folders."""
+
+    sync_deletes: bool = False
+    rematch_folders: frozenset[str] = frozenset()
+
+
+MailboxPass = Callable[["RunContext", MailboxRecord, Journal], list[str]]
 
 
 def logins_for(credentials: Mapping[str, MailboxEntry], record: MailboxRecord) -> tuple[Login, Login]:
@@ -88,6 +101,10 @@ def _copy_mailbox(ctx: RunContext, record: MailboxRecord, journal: Journal, src:
                            ctx.config.filters.exclude_folders)
     with translate_db_errors(), ctx.engine.connect() as conn:
         known_targets = ledger.target_folders(conn, record.id)
+        history: dict[str, list[LedgerEntry]] = {}
+        for entry in ledger.mailbox_entries(conn, record.id):
+            history.setdefault(entry.source_folder, []).append(entry)
+    routes = adopt_renamed_folders(src, journal, {f.path for f in source_folders}, routes, history)
     problems = []
     for route in routes:
         journal.check_stop()
@@ -120,16 +137,16 @@ def _entries(ctx: RunContext, record: MailboxRecord, folder: FolderInfo) -> list
 def _sync_folder(ctx: RunContext, record: MailboxRecord, journal: Journal, src: Mailbox, dst: Mailbox,
                  folder: FolderInfo, target: FolderInfo) -> None:
     entries = _entries(ctx, record, folder)
-    keys = {entry.source_key for entry in entries}
-    if keys and keys != {folder.key}:
-        raise FolderFailed(f"safety stop: source folder {folder.path!r} has UIDVALIDITY {folder.key}, the ledger "
-                           f"has {', '.join(sorted(keys))}: its message ids changed, so nothing was copied from it "
-                           f"(a person must decide whether it was recreated)")
     intents = [entry for entry in entries if entry.state == ledger.INTENT]
     if intents:
-        _settle(ctx, record, journal, dst, target, intents)
+        settle_intents(ctx, record, journal, dst, target, intents)
+        entries = _entries(ctx, record, folder)
+    if check_source_key(src, journal, folder, entries, folder.path in ctx.options.rematch_folders):
         entries = _entries(ctx, record, folder)
     actions = diff.plan_folder(src.list_messages(folder), entries, ctx.config.filters)
+    ctx.progress.add(still_failed=actions.failed_before)
+    if actions.gone:
+        _source_deletions(ctx, journal, dst, folder, target, actions.gone)
     if actions.flag_updates:
         dst.set_flags(target, {tid: flags for tid, flags in actions.flag_updates.values()})
         journal.flags({lid: flags for lid, (_tid, flags) in actions.flag_updates.items()})
@@ -139,8 +156,24 @@ def _sync_folder(ctx: RunContext, record: MailboxRecord, journal: Journal, src: 
         _copy_chunk(ctx, journal, src, dst, folder, target, chunk)
 
 
-def _settle(ctx: RunContext, record: MailboxRecord, journal: Journal, dst: Mailbox, target: FolderInfo,
-            intents: Sequence[LedgerEntry]) -> None:
+def _source_deletions(ctx: RunContext, journal: Journal, dst: Mailbox, folder: FolderInfo, target: FolderInfo,
+                      gone: Mapping[int, LedgerEntry]) -> None:
+    """Messages deleted on the source: removed from the target with --sync-deletes, else kept and reported."""
+    if not ctx.options.sync_deletes:
+        journal.event("source-deleted", f"{folder.path!r}: {len(gone)} messages deleted on the source are kept "
+                                        f"on the target (run with --sync-deletes to remove them)")
+        return
+    mine = {lid: e for lid, e in gone.items() if e.target_folder == target.path and e.target_key == target.key}
+    if mine:
+        dst.delete(target, [e.target_id for e in mine.values() if e.target_id])
+        journal.effect_done()
+    journal.removed(list(mine), "deleted on the source; removed from the target (--sync-deletes)")
+    ctx.progress.add(deleted=len(mine))
+
+
+def settle_intents(ctx: RunContext, record: MailboxRecord, journal: Journal, dst: Mailbox, target: FolderInfo,
+                   intents: Sequence[LedgerEntry]) -> None:
+    """Find the copies of open intents on the target (done) or learn they never arrived (dropped)."""
     by_target: dict[str, list[LedgerEntry]] = {}
     for entry in intents:
         by_target.setdefault(entry.target_folder, []).append(entry)

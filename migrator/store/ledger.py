@@ -1,7 +1,9 @@
 """The per-message ledger: an intent row committed before every target write, a done row after it.
 
 States: `intent` (a write may or may not have reached the target), `done` (copied; target_id known),
-`failed` (refused by the target for a reason that retrying cannot fix, e.g. too large). Every write
+`failed` (refused by the target for a reason that retrying cannot fix, e.g. too large), `removed` (the
+source message is gone: deleted, or lost to a UIDVALIDITY change; the row stays as history). Rolled-back
+copies are deleted from the ledger after their target message is deleted, so a later run copies them anew. Every write
 re-checks the job lease in the same transaction, so a worker that lost its job cannot record anything.
 """
 
@@ -16,7 +18,7 @@ from migrator.store.records import Lease, LedgerEntry, PendingCopy, TargetFolder
 from migrator.store.schema import ledger, target_folder
 from migrator.store.work import renew_lease
 
-INTENT, DONE, FAILED = "intent", "done", "failed"
+INTENT, DONE, FAILED, REMOVED = "intent", "done", "failed", "removed"
 
 
 def encode_flags(flags: Iterable[str]) -> str:
@@ -31,7 +33,7 @@ def _entry(row: Row[Any]) -> LedgerEntry:
     r = row._mapping
     return LedgerEntry(r["id"], r["source_folder"], r["source_key"], r["source_id"], r["digest"], r["size"],
                        decode_flags(r["flags"]), r["internal_date"], r["target_folder"], r["target_key"],
-                       r["watermark"], r["target_id"], r["state"], r["reason"])
+                       r["watermark"], r["target_id"], r["state"], r["reason"], r["checkpoint_id"])
 
 
 def folder_entries(conn: Connection, mailbox_id: int, source_folder: str) -> list[LedgerEntry]:
@@ -97,6 +99,41 @@ def record_flags(conn: Connection, lease: Lease, flags: Mapping[int, frozenset[s
     if flags:
         conn.execute(update(ledger).where(ledger.c.id == bindparam("ledger_id")).values(flags=bindparam("f")),
                      [{"ledger_id": key, "f": encode_flags(value)} for key, value in flags.items()])
+
+
+def mark_removed(conn: Connection, lease: Lease, ledger_ids: Sequence[int], reason: str) -> None:
+    """The source message is gone; the row stays as history (and never matches a listing again)."""
+    renew_lease(conn, lease)
+    if ledger_ids:
+        conn.execute(update(ledger).where(ledger.c.id.in_(list(ledger_ids)))
+                     .values(state=REMOVED, reason=reason, done_at=utcnow()))
+
+
+def rekey(conn: Connection, lease: Lease, new_ids: Mapping[int, tuple[str, str]]) -> None:
+    """Point rows at the source's new (UIDVALIDITY, UID) after a re-match by content."""
+    renew_lease(conn, lease)
+    if new_ids:
+        conn.execute(update(ledger).where(ledger.c.id == bindparam("ledger_id"))
+                     .values(source_key=bindparam("key"), source_id=bindparam("sid")),
+                     [{"ledger_id": lid, "key": key, "sid": sid} for lid, (key, sid) in new_ids.items()])
+
+
+def rename_source_folder(conn: Connection, lease: Lease, mailbox_id: int, old: str, new: str) -> None:
+    renew_lease(conn, lease)
+    conn.execute(update(ledger).where(ledger.c.mailbox_id == mailbox_id, ledger.c.source_folder == old)
+                 .values(source_folder=new))
+
+
+def forget(conn: Connection, lease: Lease, ledger_ids: Sequence[int]) -> None:
+    """Drop rows whose target copies were rolled back."""
+    renew_lease(conn, lease)
+    if ledger_ids:
+        conn.execute(delete(ledger).where(ledger.c.id.in_(list(ledger_ids))))
+
+
+def forget_target_folder(conn: Connection, lease: Lease, mailbox_id: int, path: str) -> None:
+    renew_lease(conn, lease)
+    conn.execute(delete(target_folder).where(target_folder.c.mailbox_id == mailbox_id, target_folder.c.path == path))
 
 
 def target_folders(conn: Connection, mailbox_id: int) -> dict[str, TargetFolderRecord]:

@@ -60,6 +60,7 @@ class LedgerEntry:
     target_id: str | None
     state: str
     reason: str | None
+    checkpoint_id: int | None = None
 
 
 @dataclass(frozen=True)

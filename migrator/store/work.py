@@ -136,6 +136,27 @@ def release_job(conn: Connection, lease: Lease) -> None:
                  .values(state=JOB_PENDING, lease_owner=None, lease_expires_at=None, updated_at=utcnow()))
 
 
+def batch_checkpoints(conn: Connection, plan_name: str, code: str, after: int | None = None) -> set[int]:
+    """Checkpoints of every pass of every job in a batch (after checkpoint `after`, if given)."""
+    query = (select(checkpoint.c.id).join(job, job.c.id == checkpoint.c.job_id)
+             .join(batch, batch.c.id == job.c.batch_id).where(batch.c.plan_name == plan_name, batch.c.code == code))
+    if after is not None:
+        query = query.where(checkpoint.c.id > after)
+    return set(conn.execute(query).scalars())
+
+
+def busy_jobs(conn: Connection, plan_name: str, codes: Sequence[str]) -> list[tuple[str, int]]:
+    """(stage, mailbox id) of jobs in those batches that a live worker holds right now."""
+    now = utcnow()
+    rows = conn.execute(select(job.c.stage, job.c.mailbox_id, job.c.lease_owner, job.c.lease_expires_at)
+                        .join(batch, batch.c.id == job.c.batch_id)
+                        .where(batch.c.plan_name == plan_name, batch.c.code.in_(list(codes)),
+                               job.c.state == JOB_RUNNING))
+    return [(r.stage, r.mailbox_id) for r in rows
+            if r.lease_owner and r.lease_expires_at and r.lease_expires_at > now
+            and not owner_is_dead_local_process(r.lease_owner)]
+
+
 def open_checkpoint(conn: Connection, lease: Lease, mailbox_id: int, stage: str) -> int:
     renew_lease(conn, lease)
     result = conn.execute(insert(checkpoint).values(job_id=lease.job_id, mailbox_id=mailbox_id, stage=stage,
@@ -190,3 +211,15 @@ def job_statuses(conn: Connection, plan_name: str | None = None) -> list[JobStat
         query = query.where(batch.c.plan_name == plan_name)
     return [JobStatus(r.plan_name, r.code, r.stage, r.mailbox_id, r.state, r.attempts, r.error_kind, r.error,
                       r.updated_at, r.copied or 0, r.copied_bytes or 0, r.failed or 0) for r in conn.execute(query)]
+
+
+def checkpoint_rows(conn: Connection, plan_name: str | None = None) -> list[dict[str, Any]]:
+    """Every pass's checkpoint, oldest first: what `rollback --checkpoint` takes."""
+    query = (select(checkpoint.c.id, checkpoint.c.mailbox_id, checkpoint.c.stage, checkpoint.c.started_at,
+                    checkpoint.c.finished_at, checkpoint.c.outcome, checkpoint.c.copied, batch.c.plan_name,
+                    batch.c.code.label("batch"))
+             .join(job, job.c.id == checkpoint.c.job_id).join(batch, batch.c.id == job.c.batch_id)
+             .order_by(checkpoint.c.id))
+    if plan_name:
+        query = query.where(batch.c.plan_name == plan_name)
+    return [dict(row._mapping) for row in conn.execute(query)]
