@@ -1,0 +1,115 @@
+"""Faults the target server raises itself: quota full, too many connections; and stop signals."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from imapclient import IMAPClient
+
+from migrator.lab.corpus import CorpusSpec
+from tests.imap_fixtures import Lab, running_lab
+
+SMALL = CorpusSpec(messages_per_mailbox=20, large_attachments=0, include_cpython_samples=False)
+
+
+def restart_target(lab: Lab, **settings: object) -> None:
+    lab.target.stop()
+    for name, value in settings.items():
+        setattr(lab.target, name, value)
+    lab.target._write_config()
+    lab.target.start()
+
+
+def mailbox_sizes(lab: Lab) -> dict[str, int]:
+    with sqlite3.connect(lab.project / "migrator.db") as conn:
+        return dict(conn.execute("SELECT source_address, size FROM mailbox").fetchall())
+
+
+def events(lab: Lab, kind: str) -> list[str]:
+    with sqlite3.connect(lab.project / "migrator.db") as conn:
+        return [row[0] for row in conn.execute("SELECT message FROM event WHERE kind = ?", (kind,))]
+
+
+def test_quota_full_blocks_that_mailbox_only_and_a_later_run_finishes(lab: Lab) -> None:
+    lab.prepare()
+    sizes = mailbox_sizes(lab)
+    small, large = sorted(sizes, key=sizes.__getitem__)
+    assert sizes[large] > sizes[small] * 1.05, sizes
+    restart_target(lab, quota=f"{(sizes[small] + sizes[large]) // 2 // 1024}K")
+    result = lab.migrator("run", "plans/wave1.yaml", "--stage", "prestage", expect=1)
+    assert "quota full" in result.stderr
+    jobs = {j["mailbox"]: j for j in json.loads(lab.migrator("status", "--json", expect=0).stdout)["jobs"]}
+    assert jobs[large]["state"] == "failed" and jobs[large]["error_kind"] == "quota"
+    assert jobs[small]["state"] == "done"
+    lab.assert_no_duplicates()
+    restart_target(lab, quota="1G")
+    lab.migrator("run", "plans/wave1.yaml", "--stage", "prestage")
+    lab.assert_exact_copy()
+
+
+@pytest.fixture
+def limited_lab(dovecot: None, lab_root: Path) -> Iterator[Lab]:
+    with running_lab(lab_root, SMALL, max_userip_connections=1) as lab:
+        yield lab
+
+
+def test_connection_limit_means_back_off_not_failure(limited_lab: Lab) -> None:
+    lab = limited_lab
+    lab.prepare()
+    target_user = lab.pairs[0][1]
+    hog = IMAPClient(lab.target.host, lab.target.port, ssl=False)
+    hog.login(target_user.name, target_user.password)
+    release = threading.Timer(3.0, hog.logout)
+    release.start()
+    try:
+        lab.migrator("run", "plans/wave1.yaml", "--stage", "prestage", "--workers", "1")
+    finally:
+        release.join()
+    assert any("refuses more connections" in message for message in events(lab, "throttled"))
+    lab.assert_exact_copy()
+
+
+@pytest.fixture
+def slow_lab(dovecot: None, lab_root: Path) -> Iterator[Lab]:
+    spec = CorpusSpec(messages_per_mailbox=60, large_attachments=0, include_cpython_samples=False)
+    with running_lab(lab_root, spec, config_extra="[throttle.target]\nmessages_per_second = 150\n") as lab:
+        yield lab
+
+
+def start_run(lab: Lab) -> subprocess.Popen[str]:
+    return subprocess.Popen(lab.command("run", "plans/wave1.yaml", "--stage", "prestage"), cwd=lab.project,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_first_sigterm_stops_cleanly_second_stops_at_once_and_both_resume(slow_lab: Lab) -> None:
+    lab = slow_lab
+    lab.prepare()
+    process = start_run(lab)
+    time.sleep(2.0)
+    process.send_signal(signal.SIGTERM)
+    _out, err = process.communicate(timeout=30)
+    assert process.returncode == 130, err
+    assert "interrupted: re-run the same command to resume" in err
+    jobs = json.loads(lab.migrator("status", "--json", expect=None).stdout)["jobs"]
+    assert {j["state"] for j in jobs} <= {"pending", "done"}, "an interrupted job is released, not left running"
+    lab.assert_no_duplicates()
+
+    process = start_run(lab)
+    time.sleep(1.5)
+    process.send_signal(signal.SIGTERM)
+    time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=30)
+    assert process.returncode == 128 + signal.SIGTERM
+    lab.assert_no_duplicates()
+
+    lab.migrator("run", "plans/wave1.yaml", "--stage", "prestage")
+    lab.assert_exact_copy()
