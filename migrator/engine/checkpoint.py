@@ -31,17 +31,26 @@ class Interrupted(MigratorError):
 
 
 class CrashHook:
-    """Counts committed ledger steps across the process and kills it at the configured one."""
+    """Counts steps across the process and kills it at the configured one (test mode only).
+
+    `MIGRATOR_TEST_STEPS_FILE` names a file that always holds the number of steps taken so far, so a
+    test sweep learns how many steps a scenario has before crashing at each of them.
+    """
 
     def __init__(self) -> None:
-        target = os.environ.get("MIGRATOR_TEST_CRASH_AT") if os.environ.get("MIGRATOR_TEST_MODE") == "1" else None
+        test_mode = os.environ.get("MIGRATOR_TEST_MODE") == "1"
+        target = os.environ.get("MIGRATOR_TEST_CRASH_AT") if test_mode else None
         self.target = int(target) if target else None
+        self.steps_file = os.environ.get("MIGRATOR_TEST_STEPS_FILE") if test_mode else None
         self.steps = 0
         self._lock = threading.Lock()
 
     def step(self) -> None:
         with self._lock:
             self.steps += 1
+            if self.steps_file:
+                with open(self.steps_file, "w", encoding="ascii") as out:
+                    out.write(str(self.steps))
             if self.target is not None and self.steps >= self.target:
                 os.kill(os.getpid(), signal.SIGKILL)
 
