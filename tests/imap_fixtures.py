@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,12 @@ def expected_target_folder(source_folder: str) -> str:
     parts = source_folder.split(".")
     parts[0] = ROLE_NAMES.get(parts[0], parts[0])
     return "/".join(parts)
+
+
+def store_dump(project: Path) -> dict[str, list[tuple[object, ...]]]:
+    with sqlite3.connect(project / "migrator.db") as conn:
+        tables = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {table: sorted(conn.execute(f'SELECT * FROM "{table}"').fetchall(), key=repr) for table in tables}
 
 
 @dataclass

@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import sqlite3
-from pathlib import Path
-
 import pytest
 
 from migrator.lab.dovecot import free_port
-from tests.imap_fixtures import Lab
-
-
-def store_dump(project: Path) -> dict[str, list[tuple[object, ...]]]:
-    with sqlite3.connect(project / "migrator.db") as conn:
-        tables = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-        return {table: sorted(conn.execute(f'SELECT * FROM "{table}"').fetchall(), key=repr) for table in tables}
+from tests.imap_fixtures import Lab, store_dump
 
 
 def one_line_error(stderr: str) -> str:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 
 from migrator.lab.corpus import mailbox_snapshot
-from tests.imap_fixtures import Lab
+from tests.imap_fixtures import Lab, store_dump
 
 
 def test_prestage_copies_everything_exactly_once_and_a_rerun_copies_nothing(lab: Lab) -> None:
@@ -76,3 +77,20 @@ def test_verify_reports_a_message_deleted_from_the_target(lab: Lab) -> None:
     # the next pass does not re-copy it blindly: the ledger says it was copied; verify is what flags it
     snapshot = mailbox_snapshot(lab.target.host, lab.target.port, target_user.name, target_user.password)
     assert "Projects/2026" in snapshot
+
+
+def test_dry_run_says_what_would_be_copied_and_writes_nothing(lab: Lab) -> None:
+    lab.prepare()
+    before = store_dump(lab.project)
+    target_user = lab.pairs[0][1]
+    target_before = mailbox_snapshot(lab.target.host, lab.target.port, target_user.name, target_user.password)
+    result = lab.migrator("run", "plans/wave1.yaml", "--stage", "prestage", "--dry-run")
+    would = int(result.stdout.rsplit("would copy ", 1)[1].split()[0])
+    with sqlite3.connect(lab.project / "migrator.db") as conn:
+        assert would == conn.execute("SELECT SUM(messages) FROM mailbox").fetchone()[0]
+    assert "'Projects.2026' -> 'Projects/2026' (new folder)" in result.stdout
+    assert store_dump(lab.project) == before
+    assert mailbox_snapshot(lab.target.host, lab.target.port, target_user.name, target_user.password) == target_before
+    lab.migrator("run", "plans/wave1.yaml", "--stage", "prestage")
+    after = lab.migrator("run", "plans/wave1.yaml", "--stage", "delta", "--dry-run")
+    assert "would copy 0 messages" in after.stdout

@@ -19,6 +19,7 @@ from migrator.cli.common import (
 )
 from migrator.cli.verify import run_verify
 from migrator.engine.checkpoint import CrashHook
+from migrator.engine.dryrun import preview_mailbox
 from migrator.engine.scheduler import plan_mailboxes, queue_plan, run_queue
 from migrator.engine.worker import PassOptions, RunContext, logins_for
 from migrator.model import Stage
@@ -56,6 +57,7 @@ def work_context(session: Session, plan: Plan, codes: Sequence[str], mailboxes_p
 @click.option("--workers", type=int, default=None, help="Mailboxes in parallel (default: [throttle.target] "
                                                          "max_connections, at most 4).")
 @click.option("--accept-edits", is_flag=True, help="Run a plan that was edited after creation.")
+@click.option("--dry-run", is_flag=True, help="Say what the pass would copy, change and delete; write nothing.")
 @click.option("--sync-deletes", is_flag=True, help="Remove from the target the copies of messages deleted on the "
                                                     "source since the last pass.")
 @click.option("--rematch-folder", "rematch", multiple=True, help="Source folder (as the source names it) whose "
@@ -63,7 +65,8 @@ def work_context(session: Session, plan: Plan, codes: Sequence[str], mailboxes_p
 @config_option
 @mailboxes_option
 def run_command(plan_path: Path, stage: str, batches: tuple[str, ...], workers: int | None, accept_edits: bool,
-                sync_deletes: bool, rematch: tuple[str, ...], config_path: Path, mailboxes_path: Path | None) -> int:
+                dry_run: bool, sync_deletes: bool, rematch: tuple[str, ...], config_path: Path,
+                mailboxes_path: Path | None) -> int:
     """Copy the plan's mailboxes; re-running resumes and copies only what is missing."""
     session = open_session(config_path)
     plan, fingerprint, edited = read_plan(plan_path, accept_edits=accept_edits)
@@ -72,6 +75,8 @@ def run_command(plan_path: Path, stage: str, batches: tuple[str, ...], workers: 
         plan.batch(code)
     ctx = work_context(session, plan, codes, mailboxes_path, PassOptions(sync_deletes, frozenset(rematch)),
                        need_source=True)
+    if dry_run:
+        return _dry_run(ctx, plan, codes)
     queue_plan(session.engine, plan, plan_path, fingerprint, edited, stage, codes)
     config = session.config
     count = workers or min(4, config.target_throttle.max_connections, config.source_throttle.max_connections)
@@ -91,3 +96,20 @@ def run_command(plan_path: Path, stage: str, batches: tuple[str, ...], workers: 
     if stage == Stage.FINAL and not summary.jobs_failed and not c.failed and not c.still_failed:
         return run_verify(session, plan, codes, ctx.credentials, deep=False, as_json=False)
     return 1 if summary.jobs_failed or c.failed or c.still_failed else 0
+
+
+def _dry_run(ctx: RunContext, plan: Plan, codes: Sequence[str]) -> int:
+    records = plan_mailboxes(ctx.engine, plan, codes)
+    totals = [0, 0]
+    for code in codes:
+        for planned in plan.batch(code).mailboxes:
+            for f in preview_mailbox(ctx, records[planned.source]):
+                totals[0] += f.copy
+                totals[1] += f.copy_bytes
+                if f.copy or f.flag_updates or f.deleted_on_source or f.open_intents or f.create:
+                    click.echo(f"{code} {planned.source}: {f.source_folder!r} -> {f.target_folder!r}"
+                               f"{' (new folder)' if f.create else ''}: copy {f.copy} ({f.copy_bytes} bytes), "
+                               f"{f.flag_updates} flag updates, {f.deleted_on_source} deleted on the source, "
+                               f"{f.open_intents} open intents to settle")
+    click.echo(f"dry run: would copy {totals[0]} messages ({totals[1] / 1e6:.1f} MB); nothing was written")
+    return 0
