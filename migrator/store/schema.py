@@ -53,6 +53,9 @@ folder = Table(
     Column("messages", BigInteger, nullable=False, default=0),
     Column("size", BigInteger, nullable=False, default=0),
     Column("discovered_at", DateTime, nullable=False),
+    Column("oldest", DateTime),
+    Column("newest", DateTime),
+    Column("stats", Text),
     UniqueConstraint("mailbox_id", "path"),
 )
 
@@ -142,6 +145,17 @@ ledger = Table(
     UniqueConstraint("mailbox_id", "source_folder", "source_key", "source_id"),
 )
 Index("ix_ledger_target", ledger.c.mailbox_id, ledger.c.target_folder, ledger.c.state)
+
+dependency = Table(
+    "dependency", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("kind", String(32), nullable=False),
+    Column("source", String(320), nullable=False),
+    Column("target", String(320), nullable=False),
+    Column("origin", String(64), nullable=False),
+    Column("discovered_at", DateTime, nullable=False),
+    UniqueConstraint("kind", "source", "target"),
+)
 
 event = Table(
     "event", metadata,
