@@ -124,6 +124,7 @@ class Config:
     mapping: MappingConfig
     filters: FilterConfig
     dns: DnsConfig | None = None
+    state_busy_timeout_ms: int = 30_000
 
     @property
     def base_dir(self) -> Path:
@@ -285,6 +286,9 @@ def load_config(path: Path) -> Config:
     root = _Table(path, "", raw)
     state = _Table(path, "state", root.get("state", dict, {}))
     url = state.get("url", str, "sqlite:///migrator.db")
+    busy_timeout = state.get("busy_timeout", (int, float), 30)
+    if busy_timeout <= 0:
+        raise UserError(f"{state.where('busy_timeout')}: must be a positive number of seconds")
     state.finish()
     source = _endpoint(path, "source", root.get("source", dict, required=True))
     target = _endpoint(path, "target", root.get("target", dict, required=True))
@@ -299,7 +303,7 @@ def load_config(path: Path) -> Config:
     root.get("dns", dict)
     root.finish()
     return Config(path.resolve(), _resolve_state_url(url, path.parent), source, target,
-                  throttles["source"], throttles["target"], mapping, filters, dns)
+                  throttles["source"], throttles["target"], mapping, filters, dns, int(busy_timeout * 1000))
 
 
 def _resolve_state_url(url: str, base: Path) -> str:

@@ -49,11 +49,13 @@ class Lab:
     project: Path
     config_extra: str = ""
     env: dict[str, str] = field(default_factory=dict)
+    busy_timeout: float | None = None
 
     def write_config(self, extra: str = "", source_port: int | None = None, target_port: int | None = None) -> None:
         (self.project / "migrator.toml").write_text(f"""
 [state]
 url = "sqlite:///migrator.db"
+{f"busy_timeout = {self.busy_timeout}" if self.busy_timeout else ""}
 
 [source]
 kind = "imap"

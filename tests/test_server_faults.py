@@ -84,16 +84,27 @@ def slow_lab(dovecot: None, lab_root: Path) -> Iterator[Lab]:
         yield lab
 
 
+def done_rows(lab: Lab) -> int:
+    with sqlite3.connect(lab.project / "migrator.db", timeout=30) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM ledger WHERE state = 'done'").fetchone()[0])
+
+
 def start_run(lab: Lab) -> subprocess.Popen[str]:
-    return subprocess.Popen(lab.command("run", "plans/wave1.yaml", "--stage", "prestage"), cwd=lab.project,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """A run that is past its preflight and copying (so the signal meets migrator, not Python's start-up)."""
+    before = done_rows(lab)
+    process = subprocess.Popen(lab.command("run", "plans/wave1.yaml", "--stage", "prestage"), cwd=lab.project,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while done_rows(lab) == before and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert process.poll() is None, "the run ended before it could be interrupted"
+    return process
 
 
 def test_first_sigterm_stops_cleanly_second_stops_at_once_and_both_resume(slow_lab: Lab) -> None:
     lab = slow_lab
     lab.prepare()
     process = start_run(lab)
-    time.sleep(2.0)
     process.send_signal(signal.SIGTERM)
     _out, err = process.communicate(timeout=30)
     assert process.returncode == 130, err
@@ -103,7 +114,6 @@ def test_first_sigterm_stops_cleanly_second_stops_at_once_and_both_resume(slow_l
     lab.assert_no_duplicates()
 
     process = start_run(lab)
-    time.sleep(1.5)
     process.send_signal(signal.SIGTERM)
     time.sleep(0.1)
     process.send_signal(signal.SIGTERM)

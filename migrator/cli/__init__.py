@@ -15,6 +15,7 @@ import click
 from migrator import __version__
 from migrator.cli.inventory import check_command, discover_command
 from migrator.cli.plans import plan_group
+from migrator.cli.report import report_group
 from migrator.cli.rollback import rollback_command
 from migrator.cli.run import run_command
 from migrator.cli.setup import db_group, init_command
@@ -31,11 +32,11 @@ def cli(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # imapclient's debug log shows AUTHENTICATE payloads, which carry passwords: never below INFO
-    logging.getLogger("imapclient").setLevel(logging.INFO)
+    logging.getLogger("imapclient").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 for command in (init_command, db_group, check_command, discover_command, plan_group, run_command, status_command,
-                verify_command, rollback_command):
+                verify_command, rollback_command, report_group):
     cli.add_command(command)
 
 

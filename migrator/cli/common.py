@@ -46,7 +46,7 @@ class Session:
 
 def open_session(config_path: Path) -> Session:
     config = load_config(config_path)
-    return Session(config, open_store(config.state_url))
+    return Session(config, open_store(config.state_url, config.state_busy_timeout_ms))
 
 
 def credentials(config: Config, mailboxes_path: Path | None) -> dict[str, MailboxEntry]:

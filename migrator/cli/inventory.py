@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from migrator.cli.common import config_option, credentials, human_size, mailboxes_option, open_session
+from migrator.cli.report import dns_results
 from migrator.config import load_config, load_dependencies, load_mailboxes
 from migrator.connectors.base import open_mailbox
 from migrator.connectors.registry import make_endpoint
@@ -19,7 +20,8 @@ from migrator.errors import UserError
 @mailboxes_option
 @click.option("--all", "check_all", is_flag=True, help="Log in to every mailbox of mailboxes.csv on both sides.")
 def check_command(config_path: Path, mailboxes_path: Path | None, check_all: bool) -> int:
-    """Preflight: reach and log in to both endpoints; report TLS and capabilities."""
+    """Preflight: reach and log in to both endpoints; report TLS and capabilities; check DNS of the
+    mailboxes' domains when [dns] is configured (exit 1 if DNS has errors)."""
     config = load_config(config_path)
     entries = list(credentials(config, mailboxes_path).values())
     for endpoint_config in (config.source, config.target):
@@ -34,7 +36,15 @@ def check_command(config_path: Path, mailboxes_path: Path | None, check_all: boo
                 caps = mailbox.capabilities()
             click.echo(f"{endpoint_config.role}: login as {login.user} ok (append returns ids: "
                        f"{_yes(caps.append_returns_ids)}, bulk append: {_yes(caps.bulk_append)})")
-    return 0
+    domains = sorted({e.source.rsplit("@", 1)[1] for e in entries})
+    results = dns_results(config, domains)
+    for result in results:
+        mx = ", ".join(f"{pref} {host}" for pref, host in result.mx) or "none"
+        click.echo(f"dns {result.domain}: MX {mx} (TTL {result.mx_ttl}); SPF {result.spf or 'none'}; "
+                   f"autodiscover {result.autodiscover or 'none'}")
+        for finding in result.findings:
+            click.echo(f"  {finding.level}: {finding.message}")
+    return 1 if any(f.level == "error" for r in results for f in r.findings) else 0
 
 
 def _yes(value: bool) -> str:

@@ -55,7 +55,7 @@ def init_command(directory: Path) -> int:
         config_path.write_text(TEMPLATE, encoding="utf-8")
         click.echo(f"wrote {config_path}: set your source and target")
     config = load_config(config_path)
-    upgrade(create_store_engine(config.state_url))
+    upgrade(create_store_engine(config.state_url, config.state_busy_timeout_ms))
     click.echo(f"state store ready at schema head ({config.state_url.split('://')[0]})")
     return 0
 
@@ -69,7 +69,8 @@ def db_group() -> None:
 @config_option
 def db_upgrade(config_path: Path) -> int:
     """Bring the state store to the current schema (idempotent)."""
-    engine = create_store_engine(load_config(config_path).state_url)
+    config = load_config(config_path)
+    engine = create_store_engine(config.state_url, config.state_busy_timeout_ms)
     before, head = schema_status(engine)
     upgrade(engine)
     click.echo(f"state store at {head}" + (f" (was {before or 'empty'})" if before != head else " (already current)"))

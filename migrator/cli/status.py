@@ -9,7 +9,7 @@ import click
 
 from migrator.cli.common import config_option, emit_json, human_size, open_session
 from migrator.store import inventory, work
-from migrator.store.db import translate_db_errors
+from migrator.store.db import reading
 
 
 @click.command("status")
@@ -23,7 +23,7 @@ def status_command(config_path: Path, plan_name: str | None, as_json: bool, watc
     """Jobs per plan, batch and stage, with copied and failed counts."""
     session = open_session(config_path)
     while True:
-        with translate_db_errors(), session.engine.connect() as conn:
+        with reading(session.engine) as conn:
             names = {m.id: m.source for m in inventory.list_mailboxes(conn)}
             jobs = work.job_statuses(conn, plan_name)
             checkpoints = work.checkpoint_rows(conn, plan_name)

@@ -12,7 +12,7 @@ from migrator.cli.common import Session, config_option, credentials, emit_json, 
 from migrator.engine.scheduler import plan_mailboxes
 from migrator.engine.verify import DEEP_METHOD, MailboxCheck, verify_mailbox
 from migrator.engine.worker import logins_for
-from migrator.errors import EndpointError
+from migrator.errors import EndpointError, FolderFailed, Transient
 from migrator.model import MailboxEntry
 from migrator.planning.planfile import read_plan
 from migrator.planning.planner import Plan
@@ -32,7 +32,7 @@ def run_verify(session: Session, plan: Plan, codes: Sequence[str], logins: Mappi
                 entries = ledger.mailbox_entries(conn, record.id)
             try:
                 check = verify_mailbox(session.config, source, target, logins_for(logins, record), entries, deep)
-            except EndpointError as exc:
+            except (EndpointError, Transient, FolderFailed) as exc:  # one mailbox's trouble; the others go on
                 check = MailboxCheck(record.source, record.target, error=str(exc))
             checks.append(check)
             if not as_json:

@@ -1,8 +1,9 @@
 """Per-folder statistics from a message listing (pure): what the discovery report and planner size by.
 
 Only metadata is read (sizes and internal dates), never bodies, so discovery stays a light dry run.
-Every message of 10 MB or more is kept by id, which makes "how many are over the target's limit" exact
-for any limit of 10 MB and up (Exchange Online's is 25-150 MB) without storing every size.
+Every message of 1 MB or more is kept by id (typically a few percent of a mailbox), which makes "how many
+are over the target's limit" exact for any limit of 1 MB and up (Exchange Online's is 25-150 MB, hosted
+IMAP services' 10-50 MB) without storing every size.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from migrator.model import FolderInfo, MessageRef
 
-BIG_MESSAGE = 10_000_000
+BIG_MESSAGE = 1_000_000
 TOP = 5
 SIZE_BUCKETS: tuple[tuple[str, int], ...] = (
     ("<10 KB", 10_000), ("10-100 KB", 100_000), ("100 KB-1 MB", 1_000_000), ("1-10 MB", 10_000_000),

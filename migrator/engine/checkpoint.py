@@ -88,10 +88,11 @@ class Journal:
             work.add_to_checkpoint(conn, self.checkpoint_id, copied=len(target_ids), copied_bytes=size)
         self._commit(write)
 
-    def settled(self, target_ids: Mapping[int, str], dropped: Sequence[int]) -> None:
+    def settled(self, target_ids: Mapping[int, str], dropped: Sequence[int], copied: int, size: int) -> None:
         def write(conn: Connection) -> None:
             ledger.record_done(conn, self.lease, target_ids)
             ledger.drop_intents(conn, self.lease, dropped)
+            work.add_to_checkpoint(conn, self.checkpoint_id, copied=copied, copied_bytes=size)
         self._commit(write)
 
     def failed(self, ledger_id: int, reason: str, message: str) -> None:

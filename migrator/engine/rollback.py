@@ -85,7 +85,7 @@ def _rollback(ctx: RunContext, record: MailboxRecord, journal: Journal, dst: Mai
             continue
         intents = [e for e in here if e.state == ledger.INTENT]
         if intents:
-            settle_intents(ctx, record, journal, dst, folder, intents)
+            settle_intents(ctx, record, journal, dst, folder, intents, count_as_copied=False)
             here = [e for e in _in_scope(ctx.engine, record, checkpoints) if e.target_folder == path]
         _delete_newest_first(journal, dst, folder, here)
     for path in _our_folders(ctx.engine, record, checkpoints):

@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 
 from migrator.engine.checkpoint import Interrupted, Journal
 from migrator.engine.worker import MailboxPass, RunContext, run_mailbox_pass
-from migrator.errors import EndpointError, LeaseLost, MailboxFailed, MigratorError, SafetyStop, UserError
+from migrator.errors import EndpointError, LeaseLost, MailboxFailed, MigratorError, SafetyStop, StateError, UserError
 from migrator.planning.planner import Plan
 from migrator.store import inventory, work
 from migrator.store.db import translate_db_errors
@@ -110,9 +110,9 @@ def _run_job(ctx: RunContext, job: JobRecord, lease: Lease, record: MailboxRecor
     except LeaseLost as exc:
         summary.add(False, [f"{record.source}: {exc}"])
         return
+    except (UserError, StateError):
+        raise  # bad input or an unusable store: the whole run stops; the lease lets the next run resume
     except (MailboxFailed, EndpointError, SafetyStop, MigratorError) as exc:
-        if isinstance(exc, UserError):
-            raise
         state, error = work.JOB_FAILED, str(exc)
         kind = exc.reason if isinstance(exc, MailboxFailed) else type(exc).__name__.lower()
         problems = [f"{record.source}: {exc}"]

@@ -9,7 +9,7 @@ re-run the pass (which settles first), so a write is never retried blind.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
@@ -105,11 +105,12 @@ def _copy_mailbox(ctx: RunContext, record: MailboxRecord, journal: Journal, src:
         for entry in ledger.mailbox_entries(conn, record.id):
             history.setdefault(entry.source_folder, []).append(entry)
     routes = adopt_renamed_folders(src, journal, {f.path for f in source_folders}, routes, history)
+    existing = {f.path for f in target_folders}
     problems = []
     for route in routes:
         journal.check_stop()
         try:
-            target = _target_folder(dst, route, known_targets, journal)
+            target = _target_folder(dst, route, known_targets, existing, journal)
             _sync_folder(ctx, record, journal, src, dst, route.source, target)
         except FolderFailed as exc:
             journal.event("folder-failed", str(exc))
@@ -118,14 +119,20 @@ def _copy_mailbox(ctx: RunContext, record: MailboxRecord, journal: Journal, src:
 
 
 def _target_folder(dst: Mailbox, route: FolderRoute, known: Mapping[str, TargetFolderRecord],
-                   journal: Journal) -> FolderInfo:
+                   existing: Collection[str], journal: Journal) -> FolderInfo:
+    """The target folder of a route, created if missing. That we create it is recorded before the CREATE
+    (intent before effect): a lost reply or a crash must not make our folder look like the customer's."""
+    record = known.get(route.target_path)
+    if record is None and route.target_path not in existing:
+        record = TargetFolderRecord(route.target_path, None, True, journal.checkpoint_id)
+        journal.target_folder(record)
     folder, created = dst.ensure_folder(route.target_path, route.role)
-    record = known.get(folder.path)
     if record is not None and record.uidvalidity not in (None, folder.key):
         raise FolderFailed(f"safety stop: target folder {folder.path!r} was recreated (UIDVALIDITY {folder.key}, "
                            f"was {record.uidvalidity}); the ledger's target ids there are void: nothing copied into it")
     if record is None or record.uidvalidity != folder.key:
-        journal.target_folder(TargetFolderRecord(folder.path, folder.key, created, journal.checkpoint_id))
+        ours = created or bool(record and record.created_by_us)
+        journal.target_folder(TargetFolderRecord(folder.path, folder.key, ours, journal.checkpoint_id))
     return folder
 
 
@@ -172,8 +179,9 @@ def _source_deletions(ctx: RunContext, journal: Journal, dst: Mailbox, folder: F
 
 
 def settle_intents(ctx: RunContext, record: MailboxRecord, journal: Journal, dst: Mailbox, target: FolderInfo,
-                   intents: Sequence[LedgerEntry]) -> None:
-    """Find the copies of open intents on the target (done) or learn they never arrived (dropped)."""
+                   intents: Sequence[LedgerEntry], *, count_as_copied: bool = True) -> None:
+    """Find the copies of open intents on the target (done) or learn they never arrived (dropped). Found
+    copies count as copied by this pass (a copy whose reply was lost is still a copy)."""
     by_target: dict[str, list[LedgerEntry]] = {}
     for entry in intents:
         by_target.setdefault(entry.target_folder, []).append(entry)
@@ -185,7 +193,9 @@ def settle_intents(ctx: RunContext, record: MailboxRecord, journal: Journal, dst
         with translate_db_errors(), ctx.engine.connect() as conn:
             claimed = ledger.claimed_target_ids(conn, record.id, path, folder.key)
         outcome = diff.settle(group, found, claimed)
-        journal.settled(outcome.done, outcome.dropped)
+        size = sum(e.size for e in group if e.id in outcome.done) if count_as_copied else 0
+        journal.settled(outcome.done, outcome.dropped, len(outcome.done) if count_as_copied else 0, size)
+        ctx.progress.add(messages=len(outcome.done) if count_as_copied else 0, size=size)
         journal.event("settled", f"{path!r}: {len(outcome.done)} open copies found on the target, "
                                  f"{len(outcome.dropped)} never arrived and will be copied")
 

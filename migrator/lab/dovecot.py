@@ -34,9 +34,7 @@ Why these settings (the facts behind them are collected in the design notes, TES
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import fcntl
 import os
 import pwd
 import shutil
@@ -44,13 +42,14 @@ import signal
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
+
+from migrator.lab.common import install_lock, run, run_steps, track, untrack
 
 __all__ = [
     "DoveadmError",
@@ -64,7 +63,6 @@ DOVECOT = Path("/usr/sbin/dovecot")
 DOVEADM = Path("/usr/bin/doveadm")
 VMAIL_USER = "vmail"
 START_TIMEOUT = 20.0
-_INSTALL_LOCK = Path(tempfile.gettempdir()) / "migrator-lab-install.lock"
 # Longest socket path Dovecot creates below base_dir is ~30 bytes ("token-login/tokenlogin", ...);
 # sun_path holds 107 bytes plus NUL.
 _MAX_BASE_DIR_LEN = 70
@@ -92,23 +90,15 @@ class DoveadmError(subprocess.CalledProcessError):
 # installation
 
 
-def _run(cmd: Sequence[str], *, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(cmd), capture_output=True, text=True, env=env, check=False)
-
-
 def ensure_dovecot_installed() -> None:
     """Install Dovecot from the distribution (CI machines lack it) and create the ``vmail`` user.
 
     Serialised with a file lock, because parallel test workers all call this at start-up and apt and
     useradd do not tolerate concurrent runs.
     """
-    with open(_INSTALL_LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            _install_packages()
-            _ensure_vmail_user()
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with install_lock():
+        _install_packages()
+        _ensure_vmail_user()
 
 
 def _install_packages() -> None:
@@ -121,16 +111,9 @@ def _install_packages() -> None:
         return
     if os.geteuid() != 0:
         raise RuntimeError(f"Dovecot lab needs {', '.join(packages)} installed; run as root to install them")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    steps = [["apt-get", "update"], ["apt-get", "install", "-y", *packages]]
-    for cmd in steps:
-        try:
-            res = _run(cmd, env=env)
-        except FileNotFoundError as exc:
-            raise RuntimeError(f"cannot install Dovecot: {cmd[0]} not found ({exc})") from exc
-        if res.returncode != 0:
-            tail = (res.stderr or res.stdout).strip()[-2000:]
-            raise RuntimeError(f"cannot install Dovecot: {' '.join(cmd)} exited {res.returncode}:\n{tail}")
+    failure = run_steps([["apt-get", "update"], ["apt-get", "install", "-y", *packages]])
+    if failure:
+        raise RuntimeError(f"cannot install Dovecot: {failure}")
     if not DOVECOT.exists():
         raise RuntimeError(f"apt-get install dovecot-imapd succeeded but {DOVECOT} is still missing")
 
@@ -139,7 +122,7 @@ def _ensure_vmail_user() -> None:
     with contextlib.suppress(KeyError):
         pwd.getpwnam(VMAIL_USER)
         return
-    res = _run(
+    res = run(
         [
             "useradd",
             "--system",
@@ -187,20 +170,6 @@ _MAIL_LOCATION: dict[Layout, tuple[str, str]] = {
     "source": ("maildir", "Maildir"),
     "target": ("sdbox", "sdbox"),
 }
-
-
-# Servers still running at interpreter exit are stopped, so a crashed test run leaves no daemons.
-_RUNNING: set[DovecotServer] = set()
-_RUNNING_LOCK = threading.Lock()
-
-
-@atexit.register
-def _stop_all() -> None:
-    with _RUNNING_LOCK:
-        servers = list(_RUNNING)
-    for server in servers:
-        with contextlib.suppress(Exception):
-            server.stop()
 
 
 class DovecotServer:
@@ -542,8 +511,7 @@ protocol imap {{
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        with _RUNNING_LOCK:
-            _RUNNING.add(self)
+        track(self)
         deadline = time.monotonic() + START_TIMEOUT
         problem = "timed out"
         while time.monotonic() < deadline:
@@ -573,8 +541,7 @@ protocol imap {{
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        with _RUNNING_LOCK:
-            _RUNNING.discard(self)
+        untrack(self)
         if proc is not None:
             pgid = proc.pid  # start_new_session made the master a group leader
             if proc.poll() is None:

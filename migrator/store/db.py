@@ -23,6 +23,7 @@ import migrator
 from migrator.errors import StateError, UserError
 
 BUSY_TIMEOUT_MS = 30_000
+READ_ONLY_OPTION = "migrator_read_only"
 
 
 def migrations_dir() -> Path:
@@ -34,12 +35,12 @@ def migrations_dir() -> Path:
     raise StateError("the Alembic revisions (migrations/) are missing from this installation")
 
 
-def _tune_sqlite(engine: Engine) -> None:
+def _tune_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
         cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = FULL")
         cursor.execute("PRAGMA foreign_keys = ON")
@@ -47,11 +48,14 @@ def _tune_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # readers (status, reports) take a snapshot and never wait for a writer; WAL allows it
+        deferred = connection.get_execution_options().get(READ_ONLY_OPTION)
+        connection.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
 
 
-def create_store_engine(url: str) -> Engine:
-    """An Engine for `url`; raises UserError for a malformed URL or a missing driver."""
+def create_store_engine(url: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Engine:
+    """An Engine for `url`; raises UserError for a malformed URL or a missing driver. On SQLite a writer
+    waits up to `busy_timeout_ms` for another process's transaction before giving up."""
     try:
         engine = create_engine(url, future=True, pool_pre_ping=not url.startswith("sqlite"))
     except (ArgumentError, ImportError) as exc:
@@ -60,7 +64,7 @@ def create_store_engine(url: str) -> Engine:
         database = engine.url.database
         if database and database != ":memory:" and not Path(database).parent.is_dir():
             raise UserError(f"[state].url: folder {Path(database).parent} does not exist")
-        _tune_sqlite(engine)
+        _tune_sqlite(engine, busy_timeout_ms)
     return engine
 
 
@@ -84,22 +88,30 @@ def downgrade(engine: Engine, revision: str) -> None:
 
 def schema_status(engine: Engine) -> tuple[str | None, str]:
     """(current revision, head revision) of the store."""
-    with translate_db_errors(), engine.connect() as connection:
+    with reading(engine) as connection:
         current = MigrationContext.configure(connection).get_current_revision()
         connection.rollback()
     head = ScriptDirectory(str(migrations_dir())).get_current_head()
     return current, head or ""
 
 
-def open_store(url: str) -> Engine:
+def open_store(url: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Engine:
     """An engine for an existing store at the current schema; raises StateError with the fix otherwise."""
-    engine = create_store_engine(url)
+    engine = create_store_engine(url, busy_timeout_ms)
     current, head = schema_status(engine)
     if current != head:
         found = "no schema" if current is None else f"schema revision {current}"
         raise StateError(f"state store {engine.url.render_as_string(hide_password=True)} has {found}, "
                          f"this migrator needs {head}: run `migrator db upgrade`")
     return engine
+
+
+@contextmanager
+def reading(engine: Engine) -> Iterator[Connection]:
+    """A connection for reads only: on SQLite a deferred snapshot that never waits for a writer (a run in
+    progress), so `status --watch` stays live while workers commit."""
+    with translate_db_errors(), engine.connect() as conn:
+        yield conn.execution_options(**{READ_ONLY_OPTION: True})
 
 
 @contextmanager

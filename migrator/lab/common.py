@@ -1,0 +1,75 @@
+"""What every lab server shares: installing Debian packages once at a time, and stopping at exit.
+
+Parallel test workers all install at start-up and apt-get does not tolerate concurrent runs, hence one
+file lock for every lab; servers still running when the interpreter exits are stopped, so a crashed
+test run leaves no daemons behind.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import fcntl
+import os
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Protocol
+
+INSTALL_LOCK = Path(tempfile.gettempdir()) / "migrator-lab-install.lock"
+
+
+def run(cmd: Sequence[str], *, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(cmd), capture_output=True, text=True, env=env, check=False)
+
+
+@contextlib.contextmanager
+def install_lock() -> Iterator[None]:
+    with open(INSTALL_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def run_steps(steps: Sequence[Sequence[str]]) -> str:
+    """Run commands in order (apt-get non-interactive); the first failure as text, or "" when all succeeded."""
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in steps:
+        try:
+            res = run(cmd, env=env)
+        except FileNotFoundError as exc:
+            return f"{cmd[0]} not found ({exc})"
+        if res.returncode != 0:
+            return f"{' '.join(cmd)} exited {res.returncode}:\n{(res.stderr or res.stdout).strip()[-2000:]}"
+    return ""
+
+
+class Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+_RUNNING: set[Stoppable] = set()
+_RUNNING_LOCK = threading.Lock()
+
+
+def track(server: Stoppable) -> None:
+    with _RUNNING_LOCK:
+        _RUNNING.add(server)
+
+
+def untrack(server: Stoppable) -> None:
+    with _RUNNING_LOCK:
+        _RUNNING.discard(server)
+
+
+@atexit.register
+def _stop_all() -> None:
+    with _RUNNING_LOCK:
+        servers = list(_RUNNING)
+    for server in servers:
+        with contextlib.suppress(Exception):
+            server.stop()
