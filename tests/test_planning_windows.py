@@ -7,6 +7,8 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from migrator.config import ThrottleConfig, load_dependencies
 from migrator.discovery.stats import folder_stats, unsupported_reason
@@ -100,3 +102,22 @@ def test_dependency_files_are_validated(tmp_path: Path) -> None:
         bad.write_text(text)
         with pytest.raises(UserError, match=message):
             load_dependencies(bad, known)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5_000), st.integers(0, 10**9), st.sampled_from([None, "g1", "g2", "g3"])),
+                min_size=1, max_size=40),
+       st.integers(1, 12), st.sampled_from(["22:00-23:00", "Sat 22:00-Sun 06:00", "00:00-00:30"]))
+def test_every_batch_fits_its_window_or_is_flagged(rows: list[tuple[int, int, str | None]], cap: int,
+                                                   window: str) -> None:
+    mailboxes = [MailboxRecord(n, f"u{n:03d}@old.example", f"u{n:03d}@new.example", None, None, group, 0, messages,
+                               size, 1) for n, (messages, size, group) in enumerate(rows)]
+    policy = Policy(cap, None, window, allow_split=True)
+    plan = create_plan("p", "s", "t", mailboxes, policy, ThrottleConfig(1, 2.0, 5_000_000))
+    assert sorted(m.source for b in plan.batches for m in b.mailboxes) == sorted(m.source for m in mailboxes)
+    for batch in plan.batches:
+        assert len(batch.mailboxes) <= cap
+        if batch.fits_window:
+            assert batch.estimate.seconds <= parse_window(window).seconds
+        else:
+            assert len(batch.mailboxes) == 1, "only a mailbox that alone exceeds the window may overrun it"

@@ -44,6 +44,8 @@ def test_quota_full_blocks_that_mailbox_only_and_a_later_run_finishes(lab: Lab) 
     small, large = sorted(sizes, key=sizes.__getitem__)
     assert sizes[large] > sizes[small] * 1.05, sizes
     restart_target(lab, quota=f"{(sizes[small] + sizes[large]) // 2 // 1024}K")
+    check = lab.migrator("check", "--all", expect=1).stdout
+    assert "fits" in check and "DOES NOT FIT: raise the target quota" in check
     result = lab.migrator("run", "plans/wave1.yaml", "--stage", "prestage", expect=1)
     assert "quota full" in result.stderr
     jobs = {j["mailbox"]: j for j in json.loads(lab.migrator("status", "--json", expect=0).stdout)["jobs"]}
@@ -117,8 +119,12 @@ def test_first_sigterm_stops_cleanly_second_stops_at_once_and_both_resume(slow_l
     process.send_signal(signal.SIGTERM)
     time.sleep(0.1)
     process.send_signal(signal.SIGTERM)
+    second = time.monotonic()
     process.communicate(timeout=30)
-    assert process.returncode == 128 + signal.SIGTERM
+    assert time.monotonic() - second < 5, "a second signal must end the run at once"
+    # 143 from our handler; -15 when the first stop had already reached interpreter shutdown, where Python
+    # restores the default handler; 130 if the run was already done stopping cleanly
+    assert process.returncode in (128 + signal.SIGTERM, -signal.SIGTERM, 130)
     lab.assert_no_duplicates()
 
     lab.migrator("run", "plans/wave1.yaml", "--stage", "prestage")

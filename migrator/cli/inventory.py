@@ -8,11 +8,13 @@ import click
 
 from migrator.cli.common import config_option, credentials, human_size, mailboxes_option, open_session
 from migrator.cli.report import dns_results
-from migrator.config import load_config, load_dependencies, load_mailboxes
+from migrator.config import Config, load_config, load_dependencies, load_mailboxes
 from migrator.connectors.base import open_mailbox
 from migrator.connectors.registry import make_endpoint
 from migrator.discovery.inventory import Discovered, discover
-from migrator.errors import UserError
+from migrator.errors import StateError, UserError
+from migrator.store import inventory
+from migrator.store.db import open_store, reading
 
 
 @click.command("check")
@@ -20,10 +22,13 @@ from migrator.errors import UserError
 @mailboxes_option
 @click.option("--all", "check_all", is_flag=True, help="Log in to every mailbox of mailboxes.csv on both sides.")
 def check_command(config_path: Path, mailboxes_path: Path | None, check_all: bool) -> int:
-    """Preflight: reach and log in to both endpoints; report TLS and capabilities; check DNS of the
-    mailboxes' domains when [dns] is configured (exit 1 if DNS has errors)."""
+    """Preflight: reach and log in to both endpoints; report TLS, capabilities and target quotas against the
+    discovered source sizes; check DNS of the mailboxes' domains when [dns] is configured. Exit 1 when a
+    mailbox will not fit or DNS has errors."""
     config = load_config(config_path)
     entries = list(credentials(config, mailboxes_path).values())
+    sizes = _discovered_sizes(config)
+    short = 0
     for endpoint_config in (config.source, config.target):
         endpoint = make_endpoint(endpoint_config)
         logins = [e.source_access() if endpoint_config.role == "source" else e.target_access() for e in entries]
@@ -31,11 +36,14 @@ def check_command(config_path: Path, mailboxes_path: Path | None, check_all: boo
         admin = f"admin login on behalf of {logins[0].user} ok" if probe.admin_login else "no admin login checked"
         click.echo(f"{endpoint_config.role}: {probe.address} reachable ({probe.security}), {admin}; "
                    f"capabilities: {' '.join(sorted(probe.capabilities))}")
-        for login in logins if check_all else logins[:1]:
+        for entry, login in list(zip(entries, logins, strict=True))[:None if check_all else 1]:
             with open_mailbox(endpoint, login, write=False) as mailbox:
                 caps = mailbox.capabilities()
+                quota = mailbox.quota() if endpoint_config.role == "target" else None
             click.echo(f"{endpoint_config.role}: login as {login.user} ok (append returns ids: "
                        f"{_yes(caps.append_returns_ids)}, bulk append: {_yes(caps.bulk_append)})")
+            if quota is not None:
+                short += _report_quota(login.user, quota, sizes.get(entry.source))
     domains = sorted({e.source.rsplit("@", 1)[1] for e in entries})
     results = dns_results(config, domains)
     for result in results:
@@ -44,7 +52,33 @@ def check_command(config_path: Path, mailboxes_path: Path | None, check_all: boo
                    f"autodiscover {result.autodiscover or 'none'}")
         for finding in result.findings:
             click.echo(f"  {finding.level}: {finding.message}")
-    return 1 if any(f.level == "error" for r in results for f in r.findings) else 0
+    return 1 if short or any(f.level == "error" for r in results for f in r.findings) else 0
+
+
+def _discovered_sizes(config: Config) -> dict[str, int]:
+    """Source sizes from the last discovery, when there is a store to read (check may run before init)."""
+    sqlite = "sqlite:///"
+    if config.state_url.startswith(sqlite) and not Path(config.state_url[len(sqlite):]).exists():
+        return {}
+    try:
+        engine = open_store(config.state_url, config.state_busy_timeout_ms)
+    except StateError:
+        return {}
+    with reading(engine) as conn:
+        return {m.source: m.size for m in inventory.list_mailboxes(conn)}
+
+
+def _report_quota(user: str, quota: tuple[int, int], source_size: int | None) -> int:
+    """Print the target quota of one mailbox; 1 if the discovered source size does not fit in what is free."""
+    used, limit = quota
+    line = f"target: {user}: quota {human_size(used)} used of {human_size(limit)}"
+    if source_size is None:
+        click.echo(line + " (run discover to compare with the source)")
+        return 0
+    fits = used + source_size <= limit
+    click.echo(line + f"; source mailbox {human_size(source_size)}: " + ("fits" if fits else
+               "DOES NOT FIT: raise the target quota before copying"))
+    return 0 if fits else 1
 
 
 def _yes(value: bool) -> str:

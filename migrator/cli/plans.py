@@ -12,7 +12,7 @@ from migrator.config import parse_size
 from migrator.planning.planfile import read_plan, write_plan
 from migrator.planning.planner import LINKING_KINDS, Policy, create_plan
 from migrator.planning.windows import zone
-from migrator.store import inventory
+from migrator.store import inventory, work
 from migrator.store.db import translate_db_errors
 
 
@@ -39,12 +39,13 @@ def plan_create(config_path: Path, name: str, max_mailboxes: int, max_size: str 
     with translate_db_errors(), session.engine.connect() as conn:
         mailboxes = inventory.list_mailboxes(conn)
         links = [(s, t) for kind, s, t in inventory.list_dependencies(conn) if kind in LINKING_KINDS]
+        measured = work.measured_throughput(conn)
     zone(timezone)
     policy = Policy(max_mailboxes, parse_size(max_size, "--max-size") if max_size else None, window, allow_split,
                     start.date() if start else None, timezone)
     cfg = session.config
     plan = create_plan(name, cfg.source.describe(), cfg.target.describe(), mailboxes, policy, cfg.target_throttle,
-                       links)
+                       links, measured)
     path = out or cfg.base_dir / "plans" / f"{name}.yaml"
     write_plan(plan, path)
     click.echo(f"wrote {path}: {len(plan.batches)} batches, {sum(len(b.mailboxes) for b in plan.batches)} mailboxes")

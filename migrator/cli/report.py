@@ -15,7 +15,7 @@ from migrator.discovery.dns import DomainDns, ResolverConfig, check_domains
 from migrator.planning.planfile import read_plan
 from migrator.planning.planner import estimate_rate
 from migrator.reports.discovery import render_csv, render_html, render_json
-from migrator.store import inventory
+from migrator.store import inventory, work
 from migrator.store.db import reading
 
 RENDERERS = {"html": render_html, "json": render_json, "csv": render_csv}
@@ -58,7 +58,10 @@ def report_discovery(fmt: str, out: Path, plan_path: Path | None, target_limit: 
                     "mailboxes": len(b.mailboxes), "messages": b.estimate.messages, "bytes": b.estimate.size,
                     "seconds": b.estimate.seconds} for b in plan.batches]
     dns = [asdict(result) for result in dns_results(session.config, source_domains(session))]
-    data = discovery_report.build(session.config, session.engine, estimate_rate(session.config.target_throttle),
+    with reading(session.engine) as conn:
+        measured = work.measured_throughput(conn)
+    messages_rate, bytes_rate, _basis = estimate_rate(session.config.target_throttle, measured)
+    data = discovery_report.build(session.config, session.engine, (messages_rate, bytes_rate),
                                   batches=batches, dns=dns,
                                   target_limit=parse_size(target_limit, "--target-limit") if target_limit else None)
     text = RENDERERS[fmt](data)

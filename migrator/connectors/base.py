@@ -62,6 +62,11 @@ class Mailbox(Protocol):
 
     def set_flags(self, folder: FolderInfo, flags: Mapping[str, frozenset[str]]) -> None: ...
 
+    def quota(self) -> tuple[int, int] | None:
+        """(bytes used, byte limit) of the mailbox's storage quota, or None where there is none or the
+        endpoint cannot say."""
+        ...
+
     def delete(self, folder: FolderInfo, ids: Sequence[str]) -> None:
         """Remove messages by id (rollback and --sync-deletes only); ids already gone are no error."""
         ...
@@ -105,6 +110,9 @@ class ReadOnlyMailbox:
 
     def find_tagged(self, folder: FolderInfo, tags: Sequence[CopyTag], since: str | None) -> dict[CopyTag, list[str]]:
         return self._inner.find_tagged(folder, tags, since)
+
+    def quota(self) -> tuple[int, int] | None:
+        return self._inner.quota()
 
     def _refuse(self, operation: str) -> StateError:
         return StateError(f"refused to {operation} on a read-only session (the source is never modified)")

@@ -309,6 +309,17 @@ class ImapMailbox:
             if bystanders:
                 self.client.add_flags(bystanders, [b"\\Deleted"], silent=True)
 
+    def quota(self) -> tuple[int, int] | None:
+        """STORAGE of the INBOX's quota root (RFC 2087 counts it in units of 1024 octets)."""
+        if "QUOTA" not in self._caps:
+            return None
+        with _translated(f"{self.context} GETQUOTAROOT"):
+            _roots, quotas = self.client.get_quota_root("INBOX")
+        storage = [q for q in quotas if q.resource.upper() == "STORAGE"]
+        if not storage:
+            return None
+        return int(storage[0].usage) * 1024, int(storage[0].limit) * 1024
+
     def remove_folder(self, folder: FolderInfo) -> None:
         if self._selected and self._selected[0] == folder.path:
             with _translated(f"{self.context} EXAMINE INBOX"):  # leaves the folder without CLOSE's expunge

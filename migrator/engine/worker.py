@@ -20,6 +20,7 @@ from migrator.connectors.base import Endpoint, Mailbox, open_mailbox
 from migrator.engine import diff
 from migrator.engine.checkpoint import CrashHook, Journal
 from migrator.engine.mapping import FolderRoute, route_folders
+from migrator.engine.prefetch import Prefetcher
 from migrator.engine.recovery import adopt_renamed_folders, check_source_key
 from migrator.errors import FolderFailed, ItemFailed, Throttled, Transient
 from migrator.model import CopyTag, FolderInfo, Login, MailboxEntry, MessageRef, RawMessage
@@ -158,9 +159,11 @@ def _sync_folder(ctx: RunContext, record: MailboxRecord, journal: Journal, src: 
         dst.set_flags(target, {tid: flags for tid, flags in actions.flag_updates.values()})
         journal.flags({lid: flags for lid, (_tid, flags) in actions.flag_updates.items()})
         ctx.progress.add(flag_updates=len(actions.flag_updates))
-    for chunk in diff.chunk_refs(actions.copy, CHUNK_MESSAGES, CHUNK_BYTES):
-        journal.check_stop()
-        _copy_chunk(ctx, journal, src, dst, folder, target, chunk)
+    chunks = diff.chunk_refs(actions.copy, CHUNK_MESSAGES, CHUNK_BYTES)
+    with Prefetcher(src, folder, chunks, lambda chunk: _pace_source(ctx, chunk)) as batches:
+        for messages in batches:
+            journal.check_stop()
+            _copy_chunk(ctx, journal, dst, folder, target, messages)
 
 
 def _source_deletions(ctx: RunContext, journal: Journal, dst: Mailbox, folder: FolderInfo, target: FolderInfo,
@@ -200,14 +203,16 @@ def settle_intents(ctx: RunContext, record: MailboxRecord, journal: Journal, dst
                                  f"{len(outcome.dropped)} never arrived and will be copied")
 
 
-def _copy_chunk(ctx: RunContext, journal: Journal, src: Mailbox, dst: Mailbox, folder: FolderInfo,
-                target: FolderInfo, chunk: Sequence[MessageRef]) -> None:
-    size = sum(ref.size for ref in chunk)
-    ctx.progress.add(throttled=ctx.source_pacer.acquire(len(chunk), size))
-    messages = list(src.fetch(folder, chunk))
+def _pace_source(ctx: RunContext, chunk: Sequence[MessageRef]) -> None:
+    ctx.progress.add(throttled=ctx.source_pacer.acquire(len(chunk), sum(ref.size for ref in chunk)))
+
+
+def _copy_chunk(ctx: RunContext, journal: Journal, dst: Mailbox, folder: FolderInfo, target: FolderInfo,
+                messages: Sequence[RawMessage]) -> None:
+    """Intents, APPEND (bulk where offered), done rows: one batch, intent before effect."""
     limit = dst.capabilities().max_message_size
     oversize = [m for m in messages if limit is not None and len(m.body) > limit]
-    sendable = [m for m in messages if m not in oversize]
+    sendable = [m for m in messages if limit is None or len(m.body) <= limit]
     watermark = dst.watermark(target) if sendable else None
     ids = journal.intents([_pending(folder, target, m, watermark) for m in messages])
     ledger_ids = dict(zip([m.ref.id for m in messages], ids, strict=True))

@@ -411,8 +411,10 @@ class DovecotServer:
             )
         plugins = ""
         plugin_block = ""
+        imap_plugins = ""
         if self.quota is not None or self.max_mail_size is not None:
             plugins = "mail_plugins = $mail_plugins quota\n"
+            imap_plugins = "  mail_plugins = $mail_plugins imap_quota\n"  # GETQUOTAROOT for preflight checks
             rules = ["  quota = count:User quota\n", "  quota_vsizes = yes\n"]
             if self.quota is not None:
                 rules.append(f"  quota_rule = *:storage={self.quota}\n")
@@ -473,7 +475,7 @@ service imap-login {{
 
 protocol imap {{
   mail_max_userip_connections = {self.max_userip_connections}
-{capability}}}
+{imap_plugins}{capability}}}
 {plugin_block}
 {self.extra_config}
 """

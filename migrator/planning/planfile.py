@@ -36,7 +36,8 @@ def plan_to_data(plan: Plan) -> dict[str, Any]:
                    "window": plan.policy.window, "allow_split": plan.policy.allow_split,
                    "start": plan.policy.start.isoformat() if plan.policy.start else None,
                    "timezone": plan.policy.timezone},
-        "estimate_rate": {"messages_per_second": plan.rate[0], "bytes_per_second": plan.rate[1]},
+        "estimate_rate": {"messages_per_second": round(plan.rate[0], 3), "bytes_per_second": plan.rate[1],
+                          "basis": plan.rate_basis},
         "batches": [{
             "id": b.id,
             "window": b.window,
@@ -161,5 +162,5 @@ def read_plan(path: Path, *, accept_edits: bool = False) -> tuple[Plan, str, boo
                        bool(policy.get("allow_split", False)), _date(policy.get("start"), where),
                        str(policy.get("timezone") or "UTC")),
                 (_number(rate, "messages_per_second", float, where), _number(rate, "bytes_per_second", int, where)),
-                batches)
+                batches, str(rate.get("basis", "default")))
     return plan, actual, edited

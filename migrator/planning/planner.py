@@ -75,6 +75,7 @@ class Plan:
     policy: Policy
     rate: tuple[float, int]
     batches: tuple[PlannedBatch, ...]
+    rate_basis: str = "default"
 
     def batch(self, batch_id: str) -> PlannedBatch:
         for item in self.batches:
@@ -83,10 +84,15 @@ class Plan:
         raise UserError(f"plan {self.name}: no batch {batch_id!r} (batches: {', '.join(b.id for b in self.batches)})")
 
 
-def estimate_rate(throttle: ThrottleConfig) -> tuple[float, int]:
-    """(messages/s, bytes/s) that estimates assume: the target's configured rates, else the defaults."""
+def estimate_rate(throttle: ThrottleConfig, measured: tuple[float, float] | None = None) -> tuple[float, int, str]:
+    """(messages/s, bytes/s, basis) that estimates assume: what earlier runs measured when there are any
+    (never above a configured limit), else the target's configured rates, else the defaults."""
+    if measured and measured[0] > 0 and measured[1] > 0:
+        return (min(measured[0], throttle.messages_per_second or measured[0]),
+                int(min(measured[1], throttle.bytes_per_second or measured[1])), "measured by earlier runs")
+    basis = "configured" if throttle.messages_per_second or throttle.bytes_per_second else "default"
     return (throttle.messages_per_second or DEFAULT_MESSAGES_PER_SECOND,
-            throttle.bytes_per_second or DEFAULT_BYTES_PER_SECOND)
+            throttle.bytes_per_second or DEFAULT_BYTES_PER_SECOND, basis)
 
 
 def estimate(mailboxes: Sequence[PlannedMailbox], rate: tuple[float, int]) -> Estimate:
@@ -146,13 +152,16 @@ class _Bin:
 
 
 def create_plan(name: str, source: str, target: str, mailboxes: Sequence[MailboxRecord], policy: Policy,
-                throttle: ThrottleConfig, links: Sequence[tuple[str, str]] = ()) -> Plan:
-    """Batches under the policy's caps; raises UserError when a group cannot fit in one batch."""
+                throttle: ThrottleConfig, links: Sequence[tuple[str, str]] = (),
+                measured: tuple[float, float] | None = None) -> Plan:
+    """Batches under the policy's caps; raises UserError when a group cannot fit in one batch.
+    `measured` is the (messages/s, bytes/s) earlier runs achieved, which estimates prefer."""
     if policy.max_mailboxes < 1:
         raise UserError("--max-mailboxes must be at least 1")
     if not mailboxes:
         raise UserError("the inventory is empty: run `migrator discover --mailboxes mailboxes.csv` first")
-    rate = estimate_rate(throttle)
+    messages_rate, bytes_rate, basis = estimate_rate(throttle, measured)
+    rate = (messages_rate, bytes_rate)
     window = parse_window(policy.window) if policy.window else None
     max_seconds = window.seconds if window else None
     bins: list[_Bin] = []
@@ -178,7 +187,7 @@ def create_plan(name: str, source: str, target: str, mailboxes: Sequence[Mailbox
         schedule = _schedule(next(occurrences)) if occurrences else None
         planned.append(PlannedBatch(f"B{index:02d}", policy.window, items, est, schedule,
                                     max_seconds is None or est.seconds <= max_seconds))
-    return Plan(name, source, target, tuple(s.value for s in Stage), policy, rate, tuple(planned))
+    return Plan(name, source, target, tuple(s.value for s in Stage), policy, rate, tuple(planned), basis)
 
 
 def _seconds(members: Sequence[MailboxRecord], rate: tuple[float, int]) -> float:

@@ -223,3 +223,26 @@ def checkpoint_rows(conn: Connection, plan_name: str | None = None) -> list[dict
     if plan_name:
         query = query.where(batch.c.plan_name == plan_name)
     return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def measured_throughput(conn: Connection, minimum_messages: int = 200) -> tuple[float, float] | None:
+    """(messages/s, bytes/s) that finished prestage passes achieved together, over the wall-clock time their
+    checkpoints cover (overlapping passes counted once, so parallel workers count as they ran); None until
+    at least `minimum_messages` were copied."""
+    rows = conn.execute(select(checkpoint.c.started_at, checkpoint.c.finished_at, checkpoint.c.copied,
+                               checkpoint.c.copied_bytes)
+                        .where(checkpoint.c.finished_at.is_not(None), checkpoint.c.copied > 0,
+                               checkpoint.c.stage == "prestage")
+                        .order_by(checkpoint.c.started_at)).all()
+    messages = sum(r.copied for r in rows)
+    if messages < minimum_messages:
+        return None
+    busy, end = 0.0, None
+    for r in rows:
+        start = r.started_at if end is None or r.started_at > end else end
+        if r.finished_at > start:
+            busy += (r.finished_at - start).total_seconds()
+        end = r.finished_at if end is None or r.finished_at > end else end
+    if busy <= 0:
+        return None
+    return messages / busy, sum(r.copied_bytes for r in rows) / busy
