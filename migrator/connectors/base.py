@@ -32,8 +32,9 @@ class Mailbox(Protocol):
 
     def capabilities(self) -> Capabilities: ...
 
-    def list_folders(self) -> list[FolderInfo]:
-        """Every folder with counts and sizes; raises Transient or FolderFailed."""
+    def list_folders(self, *, sizes: bool = True) -> list[FolderInfo]:
+        """Every folder with its key and message count, and with `sizes` its bytes (which may cost a
+        listing of every message); raises Transient or FolderFailed."""
         ...
 
     def ensure_folder(self, path: str, role: Role | None) -> tuple[FolderInfo, bool]:
@@ -96,8 +97,8 @@ class ReadOnlyMailbox:
     def capabilities(self) -> Capabilities:
         return self._inner.capabilities()
 
-    def list_folders(self) -> list[FolderInfo]:
-        return self._inner.list_folders()
+    def list_folders(self, *, sizes: bool = True) -> list[FolderInfo]:
+        return self._inner.list_folders(sizes=sizes)
 
     def list_messages(self, folder: FolderInfo) -> list[MessageRef]:
         return self._inner.list_messages(folder)

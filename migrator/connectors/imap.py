@@ -184,37 +184,44 @@ class ImapMailbox:
                                f"was {folder.key}; its message ids are no longer valid")
         return response
 
-    def list_folders(self) -> list[FolderInfo]:
+    def list_folders(self, *, sizes: bool = True) -> list[FolderInfo]:
+        """LIST, then per selectable folder STATUS (UIDVALIDITY, MESSAGES); with `sizes`, also every
+        message's RFC822.SIZE to sum the folder's bytes (discovery needs it, a copy pass does not)."""
+        folders = []
+        for name, separator, role, selectable in self._list():
+            key, count, size = None, 0, 0
+            if selectable:
+                status = self._status(name, b"MESSAGES")
+                key, count = str(status[b"UIDVALIDITY"]), int(status[b"MESSAGES"])
+                if sizes and count:
+                    self._select(FolderInfo(name, separator, role, key), write=False)
+                    size = sum(r.size for r in self._listing())
+            folders.append(FolderInfo(name, separator, role, key, count, size, selectable))
+        return folders
+
+    def _list(self) -> list[tuple[str, str | None, Role | None, bool]]:
         with _translated(f"{self.context} LIST"):
             listing = self.client.list_folders()
-        folders = []
+        result = []
         for flags, delimiter, name in listing:
             separator = delimiter.decode() if isinstance(delimiter, bytes) else delimiter
             role = Role.INBOX if name.upper() == "INBOX" else next(
                 (r for f, r in _ROLE_FLAGS.items() if f in flags), None)
-            selectable = not _UNSELECTABLE.intersection(flags)
-            key, count, size = None, 0, 0
-            if selectable:
-                info = FolderInfo(name, separator, role)
-                key = str(self._select(info, write=False).get(b"UIDVALIDITY", ""))
-                refs = self._listing()
-                count, size = len(refs), sum(r.size for r in refs)
-            folders.append(FolderInfo(name, separator, role, key, count, size, selectable))
-        return folders
+            result.append((name, separator, role, not _UNSELECTABLE.intersection(flags)))
+        return result
 
     def ensure_folder(self, path: str, role: Role | None) -> tuple[FolderInfo, bool]:
-        existing = {f.path: f for f in self.list_folders()}
-        if path in existing and existing[path].selectable:
-            return existing[path], False
+        listed = {name: (separator, found_role, selectable) for name, separator, found_role, selectable in self._list()}
+        separator = next((sep for sep, _r, _s in listed.values() if sep), None)
+        if path in listed and listed[path][2]:
+            return FolderInfo(path, listed[path][0], listed[path][1], str(self._status(path)[b"UIDVALIDITY"])), False
         with _translated(f"{self.context} CREATE {path!r}"):
             self.client.create_folder(path)
-        separator = next(iter(existing.values())).separator if existing else None
-        status = self._status(path)
-        return FolderInfo(path, separator, role, str(status[b"UIDVALIDITY"])), True
+        return FolderInfo(path, separator, role, str(self._status(path)[b"UIDVALIDITY"])), True
 
-    def _status(self, path: str) -> dict[bytes, Any]:
+    def _status(self, path: str, *extra: bytes) -> dict[bytes, Any]:
         with _translated(f"{self.context} STATUS {path!r}"):
-            result: dict[bytes, Any] = self.client.folder_status(path, [b"UIDVALIDITY", b"UIDNEXT"])
+            result: dict[bytes, Any] = self.client.folder_status(path, [b"UIDVALIDITY", b"UIDNEXT", *extra])
         return result
 
     def _listing(self, floor: int = 1) -> list[MessageRef]:

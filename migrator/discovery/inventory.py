@@ -8,7 +8,7 @@ the event log what changed since the last time (mailboxes added or gone, message
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from sqlalchemy import Connection, Engine
@@ -43,8 +43,10 @@ def _naive_utc(value: datetime | None) -> datetime | None:
 
 def _read_mailbox(source: Endpoint, entry: MailboxEntry) -> Discovered:
     with open_mailbox(source, entry.source_access(), write=False) as mailbox:
-        folders = tuple(mailbox.list_folders())
-        stats = {f.path: folder_stats(mailbox.list_messages(f)) for f in folders if f.selectable}
+        listed = mailbox.list_folders(sizes=False)
+        stats = {f.path: folder_stats(mailbox.list_messages(f)) for f in listed if f.selectable}
+    folders = tuple(replace(f, messages=stats[f.path].messages, size=stats[f.path].size) if f.path in stats else f
+                    for f in listed)
     return Discovered(entry, folders, stats)
 
 

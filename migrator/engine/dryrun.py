@@ -36,10 +36,10 @@ def preview_mailbox(ctx: RunContext, record: MailboxRecord) -> list[FolderPrevie
     previews = []
     with open_mailbox(ctx.source, source_login, write=False) as src, \
             open_mailbox(ctx.target, target_login, write=False) as dst:
-        target_folders = dst.list_folders()
+        target_folders = dst.list_folders(sizes=False)
         separator = next((f.separator for f in target_folders if f.separator), None)
         existing = {f.path for f in target_folders}
-        for route in route_folders(src.list_folders(), target_folders, separator, ctx.config.mapping.folders,
+        for route in route_folders(src.list_folders(sizes=False), target_folders, separator, ctx.config.mapping.folders,
                                    ctx.config.filters.exclude_folders):
             here = [e for e in entries if e.source_folder == route.source.path]
             settled = [e for e in here if e.state != ledger.INTENT]

@@ -73,7 +73,7 @@ def rollback_pass(checkpoints: Collection[int]) -> MailboxPass:
 def _rollback(ctx: RunContext, record: MailboxRecord, journal: Journal, dst: Mailbox,
               checkpoints: Collection[int]) -> list[str]:
     problems: list[str] = []
-    folders = {f.path: f for f in dst.list_folders()}
+    folders = {f.path: f for f in dst.list_folders(sizes=False)}
     entries = _in_scope(ctx.engine, record, checkpoints)
     for path in sorted({e.target_folder for e in entries}):
         journal.check_stop()
@@ -108,7 +108,7 @@ def _delete_newest_first(journal: Journal, dst: Mailbox, folder: FolderInfo, ent
 
 
 def _remove_if_empty(journal: Journal, dst: Mailbox, path: str, problems: list[str]) -> None:
-    folders = {f.path: f for f in dst.list_folders()}
+    folders = {f.path: f for f in dst.list_folders(sizes=False)}
     folder = folders.get(path)
     if folder is None:
         journal.forget_target_folder(path)

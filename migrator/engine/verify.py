@@ -62,9 +62,9 @@ def verify_mailbox(config: Config, source: Endpoint, target: Endpoint, logins: t
     """Compare one mailbox; raises EndpointError if either side cannot be opened."""
     check = MailboxCheck(logins[0].address, logins[1].address)
     with open_mailbox(source, logins[0], write=False) as src, open_mailbox(target, logins[1], write=False) as dst:
-        target_folders = {f.path: f for f in dst.list_folders()}
+        target_folders = {f.path: f for f in dst.list_folders(sizes=False)}
         separator = next((f.separator for f in target_folders.values() if f.separator), None)
-        routes = route_folders(src.list_folders(), list(target_folders.values()), separator,
+        routes = route_folders(src.list_folders(sizes=False), list(target_folders.values()), separator,
                                config.mapping.folders, config.filters.exclude_folders)
         for route in routes:
             folder_entries = [e for e in entries if e.source_folder == route.source.path]

@@ -95,8 +95,8 @@ def _sleep_unless_stopped(stop: threading.Event, seconds: float) -> None:
 
 
 def _copy_mailbox(ctx: RunContext, record: MailboxRecord, journal: Journal, src: Mailbox, dst: Mailbox) -> list[str]:
-    source_folders = src.list_folders()
-    target_folders = dst.list_folders()
+    source_folders = src.list_folders(sizes=False)
+    target_folders = dst.list_folders(sizes=False)
     separator = next((f.separator for f in target_folders if f.separator), None)
     routes = route_folders(source_folders, target_folders, separator, ctx.config.mapping.folders,
                            ctx.config.filters.exclude_folders)
