@@ -14,7 +14,7 @@ import os
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -46,6 +46,19 @@ def run_steps(steps: Sequence[Sequence[str]]) -> str:
         if res.returncode != 0:
             return f"{' '.join(cmd)} exited {res.returncode}:\n{(res.stderr or res.stdout).strip()[-2000:]}"
     return ""
+
+
+def start_retrying_ports(start_once: Callable[[], None], pick_new_ports: Callable[[], None], retry: bool) -> None:
+    """Start a server; a port taken between picking and binding (another test was faster) is picked anew
+    twice when the ports were chosen automatically."""
+    for attempt in range(3 if retry else 1):
+        try:
+            start_once()
+            return
+        except RuntimeError as exc:
+            if attempt == (2 if retry else 0) or "Address already in use" not in str(exc):
+                raise
+            pick_new_ports()
 
 
 class Stoppable(Protocol):

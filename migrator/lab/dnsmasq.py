@@ -47,7 +47,7 @@ import dns.exception
 import dns.message
 import dns.query
 
-from migrator.lab.common import install_lock, run_steps, track, untrack
+from migrator.lab.common import install_lock, run_steps, start_retrying_ports, track, untrack
 
 __all__ = ["DNSMASQ", "DnsServer", "ensure_dnsmasq_installed", "free_dns_port"]
 
@@ -207,17 +207,11 @@ class DnsServer:
         """Start dnsmasq and wait until it answers a query; RuntimeError (with its log) if it does not."""
         if self.running:
             return self
-        attempts = 3 if self._auto_port else 1
-        for attempt in range(attempts):
-            try:
-                self._start_once()
-                return self
-            except RuntimeError as exc:
-                if attempt + 1 < attempts and "Address already in use" in str(exc):
-                    self._port = free_dns_port()
-                    continue
-                raise
-        raise AssertionError("unreachable")
+        start_retrying_ports(self._start_once, self._pick_port, self._auto_port)
+        return self
+
+    def _pick_port(self) -> None:
+        self._port = free_dns_port()
 
     def _start_once(self) -> None:
         self._dir = Path(tempfile.mkdtemp(prefix="dnslab-"))

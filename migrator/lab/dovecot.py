@@ -49,7 +49,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
-from migrator.lab.common import install_lock, run, run_steps, track, untrack
+from migrator.lab.common import install_lock, run, run_steps, start_retrying_ports, track, untrack
 
 __all__ = [
     "DoveadmError",
@@ -486,20 +486,14 @@ protocol imap {{
     def start(self) -> DovecotServer:
         if self.running:
             return self
-        attempts = 3 if self._auto_ports else 1
-        for attempt in range(attempts):
-            try:
-                self._start_once()
-                return self
-            except RuntimeError as exc:
-                if attempt + 1 < attempts and "Address already in use" in str(exc):
-                    self._port = free_port()
-                    if self.tls:
-                        self._tls_port = free_port()
-                    self._write_config()
-                    continue
-                raise
-        raise AssertionError("unreachable")
+        start_retrying_ports(self._start_once, self._pick_ports, self._auto_ports)
+        return self
+
+    def _pick_ports(self) -> None:
+        self._port = free_port()
+        if self.tls:
+            self._tls_port = free_port()
+        self._write_config()
 
     def _start_once(self) -> None:
         if self._own_base_dir is not None and not self._own_base_dir.exists():
