@@ -14,6 +14,7 @@ import os
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -59,6 +60,27 @@ def start_retrying_ports(start_once: Callable[[], None], pick_new_ports: Callabl
             if attempt == (2 if retry else 0) or "Address already in use" not in str(exc):
                 raise
             pick_new_ports()
+
+
+def spawn(cmd: Sequence[str], output: Path) -> subprocess.Popen[bytes]:
+    """A daemon in the foreground of its own session (so its whole process group can be stopped), with
+    stdout and stderr going to `output`."""
+    with open(output, "wb") as out:
+        return subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def wait_until_ready(proc: subprocess.Popen[bytes], ready: Callable[[], bool], timeout: float, name: str,
+                     poll: float = 0.01) -> str | None:
+    """None once `ready()` holds; otherwise why not (the process exited, or `timeout` seconds passed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return f"{name} exited with status {proc.returncode}"
+        if ready():
+            return None
+        time.sleep(poll)
+    return "timed out"
 
 
 class Stoppable(Protocol):

@@ -38,7 +38,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -47,7 +46,15 @@ import dns.exception
 import dns.message
 import dns.query
 
-from migrator.lab.common import install_lock, run_steps, start_retrying_ports, track, untrack
+from migrator.lab.common import (
+    install_lock,
+    run_steps,
+    spawn,
+    start_retrying_ports,
+    track,
+    untrack,
+    wait_until_ready,
+)
 
 __all__ = ["DNSMASQ", "DnsServer", "ensure_dnsmasq_installed", "free_dns_port"]
 
@@ -218,24 +225,11 @@ class DnsServer:
         os.chmod(self._dir, 0o755)
         log_path = self._dir / "dnsmasq.log"
         (self._dir / "dnsmasq.conf").write_text(self.config_text(), encoding="utf-8")
-        with open(log_path, "wb") as log:
-            self._proc = subprocess.Popen(
-                self.command(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self._proc = spawn(self.command(), log_path)
         track(self)
-        deadline = time.monotonic() + START_TIMEOUT
-        problem = "timed out"
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                problem = f"dnsmasq exited with status {self._proc.returncode}"
-                break
-            if _answers(self.host, self._port):
-                return
-            time.sleep(0.01)
+        problem = wait_until_ready(self._proc, lambda: _answers(self.host, self._port), START_TIMEOUT, "dnsmasq")
+        if problem is None:
+            return
         details = _tail(log_path)
         self.stop()
         raise RuntimeError(f"lab dnsmasq did not start on {self.host}:{self._port} ({problem})\n{details}")

@@ -49,7 +49,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
-from migrator.lab.common import install_lock, run, run_steps, start_retrying_ports, track, untrack
+from migrator.lab.common import (
+    install_lock,
+    run,
+    run_steps,
+    spawn,
+    start_retrying_ports,
+    track,
+    untrack,
+    wait_until_ready,
+)
 
 __all__ = [
     "DoveadmError",
@@ -498,33 +507,20 @@ protocol imap {{
     def _start_once(self) -> None:
         if self._own_base_dir is not None and not self._own_base_dir.exists():
             self._own_base_dir.mkdir(mode=0o755)
-        out_path = self.root / "dovecot.out"
-        with open(out_path, "wb") as out:
-            self._proc = subprocess.Popen(
-                [str(DOVECOT), "-c", str(self.conf_path), "-F"],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self._proc = spawn([str(DOVECOT), "-c", str(self.conf_path), "-F"], self.root / "dovecot.out")
         track(self)
-        deadline = time.monotonic() + START_TIMEOUT
-        problem = "timed out"
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                problem = f"dovecot exited with status {self._proc.returncode}"
-                break
-            if _greets(self.host, self._port) and (
-                self._tls_port is None or _accepts(self.host, self._tls_port)
-            ):
-                return
-            time.sleep(0.02)
+        problem = wait_until_ready(self._proc, self._ready, START_TIMEOUT, "dovecot", poll=0.02)
+        if problem is None:
+            return
         details = self._log_tail()
         self.stop()
         raise RuntimeError(
             f"lab Dovecot {self.name!r} did not start on {self.host}:{self._port} ({problem}); "
             f"config {self.conf_path}\n{details}"
         )
+
+    def _ready(self) -> bool:
+        return _greets(self.host, self._port) and (self._tls_port is None or _accepts(self.host, self._tls_port))
 
     def _log_tail(self, lines: int = 30) -> str:
         parts = []
