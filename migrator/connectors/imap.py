@@ -164,6 +164,7 @@ class ImapMailbox:
         self.client = client
         self.context = context
         self._selected: tuple[str, bool] | None = None
+        self._selected_key = ""
         with _translated(context):
             self._caps = frozenset(c.decode() for c in client.capabilities())
 
@@ -174,15 +175,19 @@ class ImapMailbox:
                             preserves_bytes=True, preserves_internal_date=True, special_use="SPECIAL-USE" in self._caps,
                             change_cursor=cursor, max_message_size=limit, raw=self._caps)
 
-    def _select(self, folder: FolderInfo, *, write: bool) -> dict[bytes, Any]:
-        with _translated(f"{self.context} folder {folder.path!r}"):
-            response: dict[bytes, Any] = self.client.select_folder(folder.path, readonly=not write)
-        self._selected = (folder.path, write)
-        key = str(response.get(b"UIDVALIDITY", ""))
+    def _select(self, folder: FolderInfo, *, write: bool) -> None:
+        """SELECT (or EXAMINE) the folder unless it is already open in a mode that allows this; a copy pass
+        fetches a folder in many batches and a SELECT per batch would cost a round trip and an index open."""
+        if self._selected is not None and self._selected[0] == folder.path and (self._selected[1] or not write):
+            key = self._selected_key
+        else:
+            with _translated(f"{self.context} folder {folder.path!r}"):
+                response: dict[bytes, Any] = self.client.select_folder(folder.path, readonly=not write)
+            self._selected = (folder.path, write)
+            key = self._selected_key = str(response.get(b"UIDVALIDITY", ""))
         if folder.key is not None and key != folder.key:
             raise FolderFailed(f"{self.context} folder {folder.path!r}: UIDVALIDITY is now {key}, "
                                f"was {folder.key}; its message ids are no longer valid")
-        return response
 
     def list_folders(self, *, sizes: bool = True) -> list[FolderInfo]:
         """LIST, then per selectable folder STATUS (UIDVALIDITY, MESSAGES); with `sizes`, also every
@@ -331,7 +336,7 @@ class ImapMailbox:
         if self._selected and self._selected[0] == folder.path:
             with _translated(f"{self.context} EXAMINE INBOX"):  # leaves the folder without CLOSE's expunge
                 self.client.select_folder("INBOX", readonly=True)
-            self._selected = ("INBOX", False)
+            self._selected = None  # INBOX is open now, but its key was not read: select it anew when asked
         with _translated(f"{self.context} DELETE {folder.path!r}"):
             self.client.delete_folder(folder.path)
 
