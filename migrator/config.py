@@ -94,6 +94,12 @@ class MappingConfig:
     domains: Mapping[str, str]
     folders: Mapping[str, str]
 
+    def target_address(self, source: str) -> str | None:
+        """The source address with its domain rewritten by `domains` (tenant to tenant), or None."""
+        local, _, domain = source.rpartition("@")
+        mapped = self.domains.get(domain.lower())
+        return f"{local}@{mapped.lower()}" if mapped else None
+
 
 @dataclass(frozen=True)
 class FilterConfig:
@@ -161,9 +167,14 @@ class _Table:
             raise UserError(f"{self.where(unknown[0])}: unknown key (allowed: {', '.join(sorted(self.used))})")
 
 
+# An app registration's client credentials (Microsoft identity platform, client credentials grant).
+APP_CREDENTIAL_KEYS = ("tenant_id", "client_id", "client_secret_env", "client_secret_file", "client_certificate_file",
+                       "authority")
+_APP_SECRETS = ("client_secret_env", "client_secret_file", "client_certificate_file")
+IMAP_AUTH_MODES = ("password", "xoauth2")
 _ENDPOINT_OPTIONS = {
-    "imap": (),
-    "graph": ("tenant_id", "client_id", "client_secret_env", "client_secret_file", "authority", "base_url"),
+    "imap": ("auth", *APP_CREDENTIAL_KEYS),
+    "graph": (*APP_CREDENTIAL_KEYS, "base_url", "max_message_size"),
     "ews": ("service_endpoint", "auth_type", "access_type"),
 }
 
@@ -212,9 +223,49 @@ def _endpoint(file: Path, role: str, data: Any) -> EndpointConfig:
         raise UserError(f"{table.where('ca_file')}: no such file {file.parent / ca_file}")
     timeout = float(table.get("timeout", (int, float), 60))
     options = {key: table.get(key, str) for key in _ENDPOINT_OPTIONS[kind] if key in table.data}
+    if "max_message_size" in options:
+        options["max_message_size"] = parse_size(options["max_message_size"], table.where("max_message_size"))
+    _check_app_credentials(table, kind, options, admin_user)
     table.finish()
     return EndpointConfig(role, kind, host, port, security, admin_user, admin_password,
                           file.parent / ca_file if ca_file else None, allow_insecure, timeout, options)
+
+
+def _check_app_credentials(table: _Table, kind: str, options: dict[str, Any], admin_user: str | None) -> None:
+    """A graph endpoint, or an imap one with auth = "xoauth2", logs in as an app registration: tenant_id,
+    client_id and exactly one of client_secret_env / client_secret_file / client_certificate_file. File
+    options are made absolute (relative to the config file) in `options`."""
+    if kind == "imap":
+        auth = options.get("auth", "password")
+        if auth not in IMAP_AUTH_MODES:
+            raise UserError(f"{table.where('auth')}: {auth!r} is not one of {', '.join(IMAP_AUTH_MODES)}")
+        if auth == "password":
+            for key in APP_CREDENTIAL_KEYS:
+                if key in options:
+                    raise UserError(f'{table.where(key)}: only used with auth = "xoauth2"')
+            return
+        if admin_user:
+            raise UserError(f'{table.where("admin_user")}: not used with auth = "xoauth2" (the app\'s token '
+                            f"opens every mailbox)")
+    elif kind != "graph":
+        return
+    for key in ("tenant_id", "client_id"):
+        if not options.get(key):
+            raise UserError(f"{table.file}: [{table.name}] is missing required key '{key}'")
+    given = [key for key in _APP_SECRETS if options.get(key)]
+    if not given:
+        raise UserError(f"{table.file}: [{table.name}] needs one of {', '.join(_APP_SECRETS)}")
+    if len(given) > 1:
+        raise UserError(f"{table.where(given[1])}: give only one of {', '.join(_APP_SECRETS)}")
+    for key in ("client_secret_file", "client_certificate_file"):
+        if key in options:
+            options[key] = str(table.file.parent / options[key])
+    certificate = options.get("client_certificate_file")
+    if certificate and not Path(certificate).is_file():
+        raise UserError(f"{table.where('client_certificate_file')}: no such file {certificate}")
+    authority = options.get("authority")
+    if authority is not None and not authority.startswith("https://"):
+        raise UserError(f"{table.where('authority')}: {authority!r} must be an https:// URL")
 
 
 def _throttle(file: Path, role: str, data: Any) -> ThrottleConfig:
@@ -314,8 +365,8 @@ def _resolve_state_url(url: str, base: Path) -> str:
     return url
 
 
-CSV_REQUIRED = ("source", "target")
-CSV_OPTIONAL = ("source_login", "source_password", "target_login", "target_password", "group", "priority")
+CSV_REQUIRED = ("source",)
+CSV_OPTIONAL = ("target", "source_login", "source_password", "target_login", "target_password", "group", "priority")
 
 
 def _csv_secret(cell: str, where: str, base: Path) -> Secret | None:
@@ -329,8 +380,9 @@ def _csv_secret(cell: str, where: str, base: Path) -> Secret | None:
     return Secret(cell)
 
 
-def load_mailboxes(path: Path) -> list[MailboxEntry]:
-    """Read mailboxes.csv. Raises UserError naming the file, line and column of the first problem."""
+def load_mailboxes(path: Path, mapping: MappingConfig | None = None) -> list[MailboxEntry]:
+    """Read mailboxes.csv; a row without a target gets the source address with its domain rewritten by
+    [mapping].domains. Raises UserError naming the file, line and column of the first problem."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
@@ -355,7 +407,7 @@ def load_mailboxes(path: Path) -> list[MailboxEntry]:
     try:
         for row in reader:
             line = reader.line_num
-            entries.append(_mailbox_row(path, line, row, seen))
+            entries.append(_mailbox_row(path, line, row, seen, mapping))
     except csv.Error as exc:
         raise UserError(f"{path}:{reader.line_num}: {exc}") from None
     if not entries:
@@ -363,14 +415,20 @@ def load_mailboxes(path: Path) -> list[MailboxEntry]:
     return entries
 
 
-def _mailbox_row(path: Path, line: int, row: dict[str, Any], seen: dict[str, int]) -> MailboxEntry:
+def _mailbox_row(path: Path, line: int, row: dict[str, Any], seen: dict[str, int],
+                 mapping: MappingConfig | None) -> MailboxEntry:
     if None in row:
         raise UserError(f"{path}:{line}: more cells than columns in the header")
     cells = {key: (value or "").strip() for key, value in row.items()}
-    for column in CSV_REQUIRED:
+    source = cells["source"].lower()
+    if not cells.get("target"):
+        cells["target"] = (mapping.target_address(source) if mapping else None) or ""
+        if not cells["target"]:
+            raise UserError(f"{path}:{line}: no target for {source}, and [mapping].domains has no rule for its "
+                            f"domain")
+    for column in ("source", "target"):
         if not _ADDRESS.match(cells[column]):
             raise UserError(f"{path}:{line}: column {column!r}: {cells[column]!r} is not an email address")
-    source = cells["source"].lower()
     if source in seen:
         raise UserError(f"{path}:{line}: mailbox {source} is listed twice (first on line {seen[source]})")
     seen[source] = line

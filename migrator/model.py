@@ -133,6 +133,15 @@ class CopyTag:
 
 
 @dataclass(frozen=True)
+class CutoverSettings:
+    """Mailbox settings that change what a cutover must take care of: where mail is forwarded (inbox rules
+    that forward or redirect) and whether automatic replies are on. Endpoints that cannot tell say nothing."""
+
+    forwards_to: tuple[str, ...] = ()
+    auto_reply: bool = False
+
+
+@dataclass(frozen=True)
 class Capabilities:
     """What an endpoint can do; callers test these, connectors never pretend."""
 
@@ -144,3 +153,26 @@ class Capabilities:
     change_cursor: str | None = None
     max_message_size: int | None = None
     raw: frozenset[str] = frozenset()
+    system_flags: frozenset[str] | None = None
+    atom_keywords: bool = True
+
+    def storable_flags(self, flags: frozenset[str]) -> frozenset[str]:
+        """The flags a copy on this endpoint can carry: the system flags it keeps (`system_flags`, None for
+        all) and every keyword, as an IMAP atom where keywords must be atoms (an Exchange category such as
+        "Red category" becomes the keyword "Red_category"). Verify compares source flags through this."""
+        kept = set()
+        for flag in flags:
+            if flag.startswith("\\"):
+                if self.system_flags is None or flag in self.system_flags:
+                    kept.add(flag)
+            elif flag:
+                kept.add(imap_keyword(flag) if self.atom_keywords else flag)
+        return frozenset(kept)
+
+
+_ATOM_SPECIALS = frozenset('(){ %*"\\]')
+
+
+def imap_keyword(name: str) -> str:
+    """`name` as an IMAP keyword (RFC 3501 atom): atom-specials, controls and non-ASCII become "_"."""
+    return "".join("_" if ch in _ATOM_SPECIALS or not " " < ch < "\x7f" else ch for ch in name)

@@ -42,13 +42,31 @@ def store_dump(project: Path) -> dict[str, list[tuple[object, ...]]]:
 
 
 @dataclass
-class Lab:
-    source: DovecotServer
-    target: DovecotServer
-    pairs: list[tuple[LabUser, LabUser]]
+class Project:
+    """A project folder and the real `migrator` command run in it, as an engineer would."""
+
     project: Path
-    config_extra: str = ""
     env: dict[str, str] = field(default_factory=dict)
+
+    def command(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "migrator", *args]
+
+    def migrator(self, *args: str, expect: int | None = 0, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(self.command(*args), cwd=self.project, capture_output=True, text=True,
+                                timeout=timeout, env={**os.environ, **self.env})
+        if expect is not None:
+            assert result.returncode == expect, (
+                f"migrator {' '.join(args)} exited {result.returncode}, expected {expect}\n"
+                f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+        return result
+
+
+@dataclass
+class Lab(Project):
+    source: DovecotServer = field(kw_only=True)
+    target: DovecotServer = field(kw_only=True)
+    pairs: list[tuple[LabUser, LabUser]] = field(kw_only=True)
+    config_extra: str = ""
     busy_timeout: float | None = None
 
     def write_config(self, extra: str = "", source_port: int | None = None, target_port: int | None = None) -> None:
@@ -77,18 +95,6 @@ security = "none"
             password = "wrong" if src.name == wrong_password_for else src.password
             lines.append(f"{src.name}@old.example,{dst.name}@new.example,{src.name},{password},{dst.name},{dst.password}")
         (self.project / "mailboxes.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-    def command(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "migrator", *args]
-
-    def migrator(self, *args: str, expect: int | None = 0, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(self.command(*args), cwd=self.project, capture_output=True, text=True,
-                                timeout=timeout, env={**os.environ, **self.env})
-        if expect is not None:
-            assert result.returncode == expect, (
-                f"migrator {' '.join(args)} exited {result.returncode}, expected {expect}\n"
-                f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}")
-        return result
 
     def prepare(self) -> None:
         """init, discover and a plan with one mailbox per batch: the state every run test starts from."""
@@ -164,7 +170,8 @@ def running_lab(root: Path, spec: CorpusSpec, config_extra: str = "", **target_o
     project = root / "project"
     project.mkdir()
     try:
-        yield Lab(source, target, list(zip(SOURCE_USERS, TARGET_USERS, strict=True)), project, config_extra)
+        yield Lab(project, source=source, target=target, pairs=list(zip(SOURCE_USERS, TARGET_USERS, strict=True)),
+                  config_extra=config_extra)
     finally:
         source.stop()
         target.stop()

@@ -52,7 +52,7 @@ def test_unreachable_endpoint_is_exit_3_and_changes_nothing(planned: Lab, comman
 
 
 @pytest.mark.parametrize(("csv_text", "expected"), [
-    ("source\nalice@old.example\n", "missing required column 'target'"),
+    ("source\nalice@old.example\n", "mailboxes.csv:2: no target for alice@old.example"),
     ("source,target,mailbox_size\na@old.example,a@new.example,3\n", "unknown column 'mailbox_size'"),
     ("source,target\nnot-an-address,a@new.example\n", "mailboxes.csv:2: column 'source'"),
     ("source,target\na@old.example,a@new.example\na@old.example,b@new.example\n", "listed twice"),

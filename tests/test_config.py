@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from migrator.config import load_config, load_mailboxes, parse_size
+from migrator.config import MappingConfig, load_config, load_mailboxes, parse_size
 from migrator.engine.diff import passes_filters
 from migrator.errors import UserError
 from migrator.model import MessageRef, Secret
@@ -344,8 +344,17 @@ def test_bom_and_spaces_in_header_are_tolerated(tmp_path: Path) -> None:
 
 
 def test_missing_required_column(tmp_path: Path) -> None:
-    message = csv_error(write_csv(tmp_path, "source,group\na@old.example,g\n"))
-    assert f"{tmp_path / 'mailboxes.csv'}:1:" in message and "'target'" in message and "missing" in message
+    message = csv_error(write_csv(tmp_path, "target,group\na@new.example,g\n"))
+    assert f"{tmp_path / 'mailboxes.csv'}:1:" in message and "'source'" in message and "missing" in message
+
+
+def test_target_comes_from_the_domain_rewrite_where_the_csv_gives_none(tmp_path: Path) -> None:
+    path = write_csv(tmp_path, "source,target\na@old.example,\nb@old.example,bee@elsewhere.example\nc@other.example,\n")
+    mapping = MappingConfig({"old.example": "new.example"}, {})
+    with pytest.raises(UserError, match=r"mailboxes.csv:4: no target for c@other.example"):
+        load_mailboxes(path, mapping)
+    path.write_text("source\na@old.example\nb@Old.Example\n", encoding="utf-8")
+    assert [e.target for e in load_mailboxes(path, mapping)] == ["a@new.example", "b@new.example"]
 
 
 def test_unknown_column_is_named(tmp_path: Path) -> None:
@@ -356,7 +365,6 @@ def test_unknown_column_is_named(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("row", "column", "bad"), [
     ("not-an-address,a@new.example", "source", "not-an-address"),
     ("a@old.example,a@@new", "target", "a@@new"),
-    ("a@old.example,", "target", ""),
 ])
 def test_bad_address_names_line_and_column(tmp_path: Path, row: str, column: str, bad: str) -> None:
     path = write_csv(tmp_path, f"source,target\nok@old.example,ok@new.example\n{row}\n")
@@ -442,3 +450,61 @@ def test_toml_datetime_filter_is_a_date_or_refused(tmp_path: Path) -> None:
 
 def test_parse_size_decimal_fractions_are_exact() -> None:
     assert parse_size("1.005KB", "where") == 1005
+
+
+# --- app credentials (graph, imap with auth = "xoauth2") -------------------------------------------------
+
+
+def _graph_target(tmp_path: Path, keys: str) -> Path:
+    text = BASE.format(source_extra="", target_extra="", throttle_extra="", top_extra="").replace(
+        '[target]\nkind = "imap"\nhost = "imap.new.example"\nsecurity = "starttls"',
+        f'[target]\nkind = "graph"\n{keys}')
+    return write_config(tmp_path, text=text)
+
+
+@pytest.mark.parametrize(("keys", "expected"), [
+    ('client_id = "c"\nclient_secret_env = "S"', "[target] is missing required key 'tenant_id'"),
+    ('tenant_id = "t"\nclient_secret_env = "S"', "[target] is missing required key 'client_id'"),
+    ('tenant_id = "t"\nclient_id = "c"',
+     "[target] needs one of client_secret_env, client_secret_file, client_certificate_file"),
+    ('tenant_id = "t"\nclient_id = "c"\nclient_secret_env = "S"\nclient_certificate_file = "app.pem"',
+     "target.client_certificate_file: give only one of"),
+    ('tenant_id = "t"\nclient_id = "c"\nclient_certificate_file = "missing.pem"',
+     "target.client_certificate_file: no such file"),
+    ('tenant_id = "t"\nclient_id = "c"\nclient_secret_env = "S"\nauthority = "http://login.example/t"',
+     "target.authority: 'http://login.example/t' must be an https:// URL"),
+])
+def test_graph_app_credentials_are_checked_at_load(tmp_path: Path, keys: str, expected: str) -> None:
+    (tmp_path / "app.pem").write_text("pem")
+    message = config_error(_graph_target(tmp_path, keys))
+    assert expected in message and "\n" not in message
+
+
+def test_graph_credential_files_are_relative_to_the_config(tmp_path: Path) -> None:
+    (tmp_path / "app.pem").write_text("pem")
+    keys = 'tenant_id = "t"\nclient_id = "c"\n'
+    config = load_config(_graph_target(tmp_path, keys + 'client_certificate_file = "app.pem"'))
+    assert config.target.options["client_certificate_file"] == str(tmp_path / "app.pem")
+    config = load_config(_graph_target(tmp_path, keys + 'client_secret_file = "s/secret"'))
+    assert config.target.options["client_secret_file"] == str(tmp_path / "s" / "secret")
+
+
+def test_imap_xoauth2_takes_app_credentials(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path, source_extra='auth = "xoauth2"\ntenant_id = "t"\nclient_id = "c"\n'
+                                                             'client_secret_env = "S"\nauthority = "https://l.example/t"'))
+    assert dict(config.source.options) == {"auth": "xoauth2", "tenant_id": "t", "client_id": "c",
+                                           "client_secret_env": "S", "authority": "https://l.example/t"}
+    assert load_config(write_config(tmp_path)).source.options.get("auth", "password") == "password"
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    ('auth = "oauth"', "source.auth: 'oauth' is not one of password, xoauth2"),
+    ('auth = "xoauth2"\nclient_id = "c"\nclient_secret_env = "S"', "[source] is missing required key 'tenant_id'"),
+    ('auth = "xoauth2"\ntenant_id = "t"\nclient_id = "c"', "[source] needs one of client_secret_env"),
+    ('auth = "password"\nclient_id = "c"', 'source.client_id: only used with auth = "xoauth2"'),
+    ('auth = "xoauth2"\ntenant_id = "t"\nclient_id = "c"\nclient_secret_env = "S"\nadmin_user = "a"\n'
+     'admin_password_env = "P"', 'source.admin_user: not used with auth = "xoauth2"'),
+])
+def test_imap_auth_mode_is_checked_at_load(tmp_path: Path, extra: str, expected: str) -> None:
+    message = config_error(write_config(tmp_path, source_extra=extra))
+    assert expected in message and "\n" not in message

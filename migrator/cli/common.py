@@ -54,7 +54,7 @@ def credentials(config: Config, mailboxes_path: Path | None) -> dict[str, Mailbo
     path = mailboxes_path or config.base_dir / "mailboxes.csv"
     if mailboxes_path is None and not path.is_file():
         return {}
-    return {entry.source: entry for entry in load_mailboxes(path)}
+    return {entry.source: entry for entry in load_mailboxes(path, config.mapping)}
 
 
 def emit_json(document: Any) -> None:

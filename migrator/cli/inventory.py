@@ -94,7 +94,7 @@ def _yes(value: bool) -> str:
 def discover_command(config_path: Path, mailboxes_path: Path, dependencies_path: Path | None) -> int:
     """Inventory source mailboxes (folders, counts, sizes) into the state store; writes nothing anywhere else."""
     session = open_session(config_path)
-    entries = load_mailboxes(mailboxes_path)
+    entries = load_mailboxes(mailboxes_path, session.config.mapping)
     dependencies = load_dependencies(dependencies_path, [e.source for e in entries]) if dependencies_path else []
     source, _target = session.endpoints()
 

@@ -10,7 +10,7 @@ import click
 
 from migrator.cli.common import Session, config_option, credentials, emit_json, mailboxes_option, open_session
 from migrator.engine.scheduler import plan_mailboxes
-from migrator.engine.verify import DEEP_METHOD, MailboxCheck, verify_mailbox
+from migrator.engine.verify import MailboxCheck, verify_mailbox
 from migrator.engine.worker import logins_for
 from migrator.errors import EndpointError, FolderFailed, Transient
 from migrator.model import MailboxEntry
@@ -38,15 +38,16 @@ def run_verify(session: Session, plan: Plan, codes: Sequence[str], logins: Mappi
             if not as_json:
                 _render(check)
     ok = all(check.ok for check in checks)
+    method = "; ".join(sorted({c.deep_method for c in checks if c.deep_method})) or None
     if as_json:
         emit_json({"plan": plan.name, "batches": list(codes), "deep": deep,
-                   "deep_method": DEEP_METHOD if deep else None, "ok": ok,
+                   "deep_method": method, "ok": ok,
                    "mailboxes": [asdict(c) | {"ok": c.ok} for c in checks]})
     else:
         verified = sum(f.verified for c in checks for f in c.folders)
         total = sum(f.source_messages for c in checks for f in c.folders)
         click.echo(f"verify: {verified}/{total} source messages verified on the target"
-                   f"{' (deep: ' + DEEP_METHOD + ')' if deep else ''}; "
+                   f"{' (deep: ' + method + ')' if method else ''}; "
                    f"{sum(1 for c in checks if not c.ok)} of {len(checks)} mailboxes have differences")
     return 0 if ok else 1
 

@@ -13,8 +13,8 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
-from migrator.errors import StateError
-from migrator.model import Capabilities, CopyTag, FolderInfo, Login, MessageRef, RawMessage, Role
+from migrator.errors import ItemFailed, StateError
+from migrator.model import Capabilities, CopyTag, CutoverSettings, FolderInfo, Login, MessageRef, RawMessage, Role
 
 
 @dataclass(frozen=True)
@@ -49,11 +49,12 @@ class Mailbox(Protocol):
         """An opaque mark: messages appended after it can be told apart from everything before it."""
         ...
 
-    def append(self, folder: FolderInfo, messages: Sequence[RawMessage]) -> list[str | None]:
-        """Write messages with flags and internal dates; returns their ids where the server says them.
+    def append(self, folder: FolderInfo, messages: Sequence[RawMessage]) -> Sequence[str | ItemFailed | None]:
+        """Write messages with flags and internal dates; returns, per message, its id where the server says
+        it, or the ItemFailed that refused it where messages are stored one by one (Graph).
 
-        Raises ItemFailed (that message is refused for good), MailboxFailed (quota full) or Transient.
-        A bulk append either stores every message or none (RFC 3502).
+        Raises ItemFailed (the message is refused for good; a bulk append stores every message or none,
+        RFC 3502), MailboxFailed (quota full) or Transient.
         """
         ...
 
@@ -66,6 +67,11 @@ class Mailbox(Protocol):
     def quota(self) -> tuple[int, int] | None:
         """(bytes used, byte limit) of the mailbox's storage quota, or None where there is none or the
         endpoint cannot say."""
+        ...
+
+    def cutover_settings(self) -> CutoverSettings:
+        """Forwarding and automatic replies, as far as the endpoint can read them (IMAP cannot: Sieve
+        scripts are not visible through IMAP)."""
         ...
 
     def delete(self, folder: FolderInfo, ids: Sequence[str]) -> None:
@@ -115,13 +121,16 @@ class ReadOnlyMailbox:
     def quota(self) -> tuple[int, int] | None:
         return self._inner.quota()
 
+    def cutover_settings(self) -> CutoverSettings:
+        return self._inner.cutover_settings()
+
     def _refuse(self, operation: str) -> StateError:
         return StateError(f"refused to {operation} on a read-only session (the source is never modified)")
 
     def ensure_folder(self, path: str, role: Role | None) -> tuple[FolderInfo, bool]:
         raise self._refuse(f"create folder {path!r}")
 
-    def append(self, folder: FolderInfo, messages: Sequence[RawMessage]) -> list[str | None]:
+    def append(self, folder: FolderInfo, messages: Sequence[RawMessage]) -> Sequence[str | ItemFailed | None]:
         raise self._refuse(f"append to {folder.path!r}")
 
     def set_flags(self, folder: FolderInfo, flags: Mapping[str, frozenset[str]]) -> None:

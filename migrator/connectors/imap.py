@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 import ssl
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -24,6 +24,7 @@ from imapclient.imapclient import _literal
 
 from migrator.config import EndpointConfig
 from migrator.connectors.base import Probe
+from migrator.connectors.msauth import IMAP_SCOPE, TokenSource
 from migrator.errors import (
     AuthFailed,
     FolderFailed,
@@ -35,7 +36,7 @@ from migrator.errors import (
     Unreachable,
     UserError,
 )
-from migrator.model import Capabilities, CopyTag, FolderInfo, Login, MessageRef, RawMessage, Role
+from migrator.model import Capabilities, CopyTag, CutoverSettings, FolderInfo, Login, MessageRef, RawMessage, Role
 
 _ROLE_FLAGS = {b"\\Sent": Role.SENT, b"\\Drafts": Role.DRAFTS, b"\\Trash": Role.TRASH, b"\\Junk": Role.JUNK,
                b"\\Archive": Role.ARCHIVE}
@@ -88,6 +89,8 @@ class ImapEndpoint:
 
     def __init__(self, config: EndpointConfig) -> None:
         self.config = config
+        # auth = "xoauth2": the app's own token opens every mailbox (Exchange Online application access).
+        self.tokens = TokenSource(config, IMAP_SCOPE) if config.options.get("auth") == "xoauth2" else None
 
     def _ssl_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=str(self.config.ca_file) if self.config.ca_file else None)
@@ -114,20 +117,40 @@ class ImapEndpoint:
     def login(self, client: Any, login: Login) -> None:
         context = f"{self.config.describe()} as {login.user}"
         with _translated(context):
-            if login.password is not None:
+            if self.tokens is not None:
+                self._xoauth2_login(client, login.user, context)
+            elif login.password is not None:
                 client.login(login.user, login.password.reveal())
             elif self.config.admin_user:
                 client.plain_login(self.config.admin_user, self._admin_secret(), authorization_identity=login.user)
             else:
                 raise UserError(f"{context}: no password in mailboxes.csv and no admin_user in [{self.config.role}]")
 
+    def _xoauth2_login(self, client: Any, user: str, context: str) -> None:
+        """SASL XOAUTH2 as `user` with the app's token. A refused token is dropped from the cache and a fresh
+        one tried once (it may have expired or been revoked on the server's side); then the refusal stands."""
+        assert self.tokens is not None
+        if b"AUTH=XOAUTH2" not in client.capabilities():
+            raise AuthFailed(f'{context}: the server does not offer SASL XOAUTH2 (auth = "xoauth2")')
+        token = self.tokens.token()
+        try:
+            client.sasl_login("XOAUTH2", _xoauth2(user, token))
+        except imap_errors.LoginError as exc:
+            if not isinstance(classify_failure(exc, context), AuthFailed):
+                raise
+            self.tokens.invalidate(token)
+            client.sasl_login("XOAUTH2", _xoauth2(user, self.tokens.token()))
+
     def probe(self, on_behalf_of: str | None = None) -> Probe:
         client = self.connect()
         try:
             with _translated(self.config.describe()):
                 capabilities = frozenset(c.decode() for c in client.capabilities())
-                admin = bool(self.config.admin_user and on_behalf_of)
-                if admin:
+                admin = bool((self.config.admin_user or self.tokens) and on_behalf_of)
+                if self.tokens is not None and on_behalf_of:
+                    self._xoauth2_login(client, on_behalf_of, f"{self.config.describe()} as {on_behalf_of}")
+                    capabilities = frozenset(c.decode() for c in client.capabilities())
+                elif admin:
                     client.plain_login(self.config.admin_user, self._admin_secret(),
                                        authorization_identity=on_behalf_of)
                     capabilities = frozenset(c.decode() for c in client.capabilities())
@@ -145,12 +168,31 @@ class ImapEndpoint:
             _close(client)
 
 
+def _xoauth2(user: str, token: str) -> Callable[[bytes], bytes]:
+    """The XOAUTH2 client: `user=..^Aauth=Bearer ..^A^A` first; to the server's error challenge (a JSON status)
+    an empty response, after which the server answers NO."""
+    sent: list[bool] = []
+
+    def respond(_challenge: bytes) -> bytes:
+        if sent:
+            return b""
+        sent.append(True)
+        return f"user={user}\x01auth=Bearer {token}\x01\x01".encode()
+
+    return respond
+
+
 def _close(client: Any) -> None:
     try:
         client.logout()
     except (imap_errors.IMAPClientError, OSError, EOFError):
         with suppress(OSError):
             client.shutdown()
+
+
+def _storable(flags: frozenset[str]) -> frozenset[str]:
+    """Keywords from other kinds of endpoint (Exchange categories) may hold spaces: IMAP needs atoms."""
+    return Capabilities().storable_flags(flags)
 
 
 def _flags(raw: Sequence[bytes]) -> frozenset[str]:
@@ -269,7 +311,7 @@ class ImapMailbox:
             return [uid for message in messages for uid in self.append(folder, [message])]
         args = [self.client._normalise_folder(folder.path)]
         for message in messages:
-            flags = " ".join(sorted(message.ref.flags))
+            flags = " ".join(sorted(_storable(message.ref.flags)))
             args += [f"({flags})".encode(), f'"{datetime_to_INTERNALDATE(message.ref.internal_date)}"'.encode(),
                      _literal(message.body)]
         context = f"{self.context} APPEND to {folder.path!r}"
@@ -299,7 +341,7 @@ class ImapMailbox:
         self._select(folder, write=True)
         groups: dict[frozenset[str], list[int]] = {}
         for uid, wanted in flags.items():
-            groups.setdefault(wanted, []).append(int(uid))
+            groups.setdefault(_storable(wanted), []).append(int(uid))
         with _translated(f"{self.context} STORE in {folder.path!r}"):
             for wanted, uids in groups.items():
                 self.client.set_flags(uids, [f.encode() for f in sorted(wanted)], silent=True)
@@ -331,6 +373,9 @@ class ImapMailbox:
         if not storage:
             return None
         return int(storage[0].usage) * 1024, int(storage[0].limit) * 1024
+
+    def cutover_settings(self) -> CutoverSettings:
+        return CutoverSettings()  # forwarding lives in Sieve scripts, which IMAP does not show
 
     def remove_folder(self, folder: FolderInfo) -> None:
         if self._selected and self._selected[0] == folder.path:

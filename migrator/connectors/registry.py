@@ -6,11 +6,13 @@ from collections.abc import Callable
 
 from migrator.config import EndpointConfig
 from migrator.connectors.base import Endpoint
+from migrator.connectors.graph import GraphEndpoint
 from migrator.connectors.imap import ImapEndpoint
 from migrator.errors import UserError
 
 CONNECTORS: dict[str, Callable[[EndpointConfig], Endpoint]] = {
     "imap": ImapEndpoint,
+    "graph": GraphEndpoint,
 }
 
 

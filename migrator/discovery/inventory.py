@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Engine
 from migrator.config import Config, Dependency
 from migrator.connectors.base import Endpoint, open_mailbox
 from migrator.discovery.stats import FolderStats, folder_stats
-from migrator.model import FolderInfo, MailboxEntry
+from migrator.model import CutoverSettings, FolderInfo, MailboxEntry
 from migrator.store import inventory, work
 from migrator.store.db import translate_db_errors
 from migrator.store.records import FolderDetail
@@ -27,6 +27,7 @@ class Discovered:
     entry: MailboxEntry
     folders: tuple[FolderInfo, ...]
     stats: dict[str, FolderStats] = field(default_factory=dict)
+    settings: CutoverSettings = field(default_factory=CutoverSettings)
 
     @property
     def messages(self) -> int:
@@ -45,9 +46,10 @@ def _read_mailbox(source: Endpoint, entry: MailboxEntry) -> Discovered:
     with open_mailbox(source, entry.source_access(), write=False) as mailbox:
         listed = mailbox.list_folders(sizes=False)
         stats = {f.path: folder_stats(mailbox.list_messages(f)) for f in listed if f.selectable}
+        settings = mailbox.cutover_settings()
     folders = tuple(replace(f, messages=stats[f.path].messages, size=stats[f.path].size) if f.path in stats else f
                     for f in listed)
-    return Discovered(entry, folders, stats)
+    return Discovered(entry, folders, stats, settings)
 
 
 def discover(config: Config, engine: Engine, source: Endpoint, entries: Sequence[MailboxEntry],
@@ -71,6 +73,12 @@ def discover(config: Config, engine: Engine, source: Endpoint, entries: Sequence
         inventory.save_dependencies(conn, groups, "mailboxes.csv")
         if dependencies:
             inventory.save_dependencies(conn, [(d.kind, d.source, d.target) for d in dependencies], "file")
+        inventory.save_dependencies(conn, [("forward", item.entry.source, target) for item in found
+                                           for target in item.settings.forwards_to], "source")
+        for item in found:
+            if item.settings.auto_reply:
+                work.log_event(conn, "discover-note", f"{item.entry.source}: automatic replies are on; they keep "
+                                                      f"answering from the source until cutover")
         work.log_event(conn, "discover", f"{len(found)} mailboxes, {sum(d.messages for d in found)} messages, "
                                          f"{sum(d.size for d in found)} bytes")
     return found

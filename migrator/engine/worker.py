@@ -228,7 +228,7 @@ def _append(ctx: RunContext, journal: Journal, dst: Mailbox, folder: FolderInfo,
             messages: Sequence[RawMessage], ledger_ids: Mapping[str, int]) -> None:
     since = None if dst.capabilities().append_returns_ids else dst.watermark(target)
     try:
-        uids = dst.append(target, messages)
+        results = dst.append(target, messages)
         journal.effect_done()
     except ItemFailed as exc:
         if len(messages) == 1:
@@ -237,6 +237,12 @@ def _append(ctx: RunContext, journal: Journal, dst: Mailbox, folder: FolderInfo,
         for message in messages:  # a refused bulk append stored nothing (RFC 3502): isolate the culprit
             _append(ctx, journal, dst, folder, target, [message], ledger_ids)
         return
+    for message, result in zip(messages, results, strict=True):
+        if isinstance(result, ItemFailed):  # stored one by one: the others went in
+            _refuse(ctx, journal, ledger_ids[message.ref.id], folder, message, result)
+    stored = [(m, r) for m, r in zip(messages, results, strict=True) if not isinstance(r, ItemFailed)]
+    messages = [m for m, _r in stored]
+    uids = [r for _m, r in stored]
     if any(uid is None for uid in uids):
         found = dst.find_tagged(target, [CopyTag(m.digest, len(m.body)) for m in messages], since)
         uids = _match_found(messages, found, uids)

@@ -20,7 +20,7 @@ import contextlib
 import hashlib
 import random
 import sysconfig
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from email.headerregistry import Address
@@ -162,12 +162,16 @@ def load_corpus(host: str, port: int, user: LabUser, spec: CorpusSpec) -> Corpus
     )
 
 
+def _sha256(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
 def mailbox_snapshot(
-    host: str, port: int, user: str, password: str
+    host: str, port: int, user: str, password: str, digest: Callable[[bytes], str] = _sha256
 ) -> dict[str, list[tuple[str, frozenset[str], datetime]]]:
     """What a faithful copy must preserve, independent of UIDs and of the order of APPENDs.
 
-    Per selectable folder (decoded name): sorted (sha256 hex of BODY[], flags without \\Recent,
+    Per selectable folder (decoded name): sorted (`digest` of BODY[], by default its sha256 hex; flags without \\Recent,
     INTERNALDATE as an aware UTC datetime).  UTC because servers keep the instant, not the offset
     given at APPEND (Dovecot's Maildir stores a file mtime), so only the instant can be compared.
     """
@@ -191,7 +195,7 @@ def mailbox_snapshot(
                     when: datetime = data[b"INTERNALDATE"]
                     if when.tzinfo is None:  # should not happen with normalise_times = False
                         when = when.astimezone()
-                    entries.append((hashlib.sha256(body).hexdigest(), msg_flags, when.astimezone(UTC)))
+                    entries.append((digest(body), msg_flags, when.astimezone(UTC)))
             entries.sort(key=lambda e: (e[0], sorted(e[1]), e[2]))
             snapshot[_text(name)] = entries
             if client.has_capability("UNSELECT"):

@@ -1,0 +1,55 @@
+"""Microsoft Graph connector: Exchange Online mailboxes as source or target, app-only access through msal.
+
+Modules: client (HTTP, tokens, per-mailbox limits, error translation), mailbox (the connector protocol),
+mime (MIME to Graph message JSON and back to flags).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from migrator.config import EndpointConfig
+from migrator.connectors.base import Probe
+from migrator.connectors.graph.client import GraphClient, GraphError, translate
+from migrator.connectors.graph.mailbox import GraphMailbox
+from migrator.model import Login
+
+# Exchange Online's largest message (https://learn.microsoft.com/en-us/office365/servicedescriptions/
+# exchange-online-service-description/exchange-online-limits#message-limits); tenants often set less.
+DEFAULT_MAX_MESSAGE_SIZE = 150 * 2**20
+
+
+class GraphEndpoint:
+    """One tenant through Graph; every mailbox is reached with the app's own token (application access)."""
+
+    def __init__(self, config: EndpointConfig) -> None:
+        self.config = config
+        self.client = GraphClient(config)
+        self.max_message_size = int(config.options.get("max_message_size") or DEFAULT_MAX_MESSAGE_SIZE)
+
+    def _check_mailbox(self, address: str) -> None:
+        try:
+            self.client.get_json(self.client.user_url(address, "?$select=id,mail"), address)
+        except GraphError as exc:
+            raise translate(exc, f"{self.client.describe()} mailbox {address}") from None
+
+    def probe(self, on_behalf_of: str | None = None) -> Probe:
+        """A token, then the mailbox (or any user) read with it: proves authority, TLS, secret and consent."""
+        if on_behalf_of:
+            self._check_mailbox(on_behalf_of)
+        else:
+            try:
+                self.client.get_json(f"{self.client.base_url}/users?$top=1&$select=id", "-")
+            except GraphError as exc:
+                raise translate(exc, f"{self.client.describe()} users") from None
+        return Probe(self.client.base_url, "tls", frozenset({"GRAPH", "DELTA", "IMMUTABLEID"}), bool(on_behalf_of))
+
+    @contextmanager
+    def session(self, login: Login, *, write: bool) -> Iterator[GraphMailbox]:
+        self._check_mailbox(login.address)
+        mailbox = GraphMailbox(self.client, login.address, write=write, max_message_size=self.max_message_size)
+        try:
+            yield mailbox
+        finally:
+            mailbox.close()

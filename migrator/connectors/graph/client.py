@@ -1,0 +1,203 @@
+"""HTTP to Microsoft Graph: tokens, the per-mailbox limits Outlook enforces, and error translation.
+
+Outlook's documented limits are per app and per mailbox (https://learn.microsoft.com/en-us/graph/throttling-limits,
+"Outlook service limits"): 4 concurrent requests, 10,000 requests per 10 minutes, 150 MB of uploads per
+5 minutes. A 429 carries Retry-After, and requests sent while throttled still count against the budget, so
+one task that is told to wait makes every task on that mailbox wait: the `MailboxGate` is shared by all
+sessions of this process on one mailbox, and its concurrency cap keeps us under the limit instead of
+provoking 429s.
+
+Retries: a request the server refused without acting on it (429, 503, 502, 504, 401 with a stale token) is
+sent again here. A write whose outcome is unknown (connection dropped after sending) is never sent again
+blind: it surfaces as Transient and the engine settles the open intent by its tag first.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+from migrator.config import EndpointConfig
+from migrator.connectors.msauth import GRAPH_SCOPE, TokenSource
+from migrator.errors import (
+    AuthFailed,
+    FolderFailed,
+    ItemFailed,
+    MailboxFailed,
+    MigratorError,
+    Throttled,
+    Transient,
+    Unreachable,
+)
+
+DEFAULT_BASE_URL = "https://graph.microsoft.com/v1.0"
+MAILBOX_CONCURRENCY = 4
+MAX_WAITS = 8
+MAX_RETRY_AFTER = 300.0
+# Message ids that survive moves between folders (https://learn.microsoft.com/en-us/graph/outlook-immutable-id).
+IMMUTABLE_IDS = 'IdType="ImmutableId"'
+_QUOTA_CODES = {"ErrorQuotaExceeded", "ErrorQuotaExceededOnDelete", "QuotaExceeded"}
+_TOO_LARGE_CODES = {"ErrorMessageSizeExceeded", "RequestEntityTooLarge", "ErrorRequestEntityTooLarge"}
+_NO_MAILBOX_CODES = {"ErrorInvalidUser", "MailboxNotEnabledForRESTAPI", "ResourceNotFound", "Request_ResourceNotFound",
+                     "ErrorNonExistentMailbox"}
+
+
+class GraphError(Exception):
+    """A Graph answer other than success, before it is translated into the caller's terms."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"HTTP {status} {code}: {message}")
+        self.status = status
+        self.code = code
+
+
+class MailboxGate:
+    """What Outlook counts per app and mailbox, shared by every task in this process on that mailbox."""
+
+    def __init__(self) -> None:
+        self.slots = threading.BoundedSemaphore(MAILBOX_CONCURRENCY)
+        self._lock = threading.Lock()
+        self._not_before = 0.0
+        self.throttled_seconds = 0.0
+
+    def hold_off(self, seconds: float) -> None:
+        with self._lock:
+            self._not_before = max(self._not_before, time.monotonic() + seconds)
+            self.throttled_seconds += seconds
+
+    def wait_turn(self) -> None:
+        while True:
+            with self._lock:
+                delay = self._not_before - time.monotonic()
+            if delay <= 0:
+                return
+            time.sleep(min(delay, 1.0))
+
+
+class GraphClient:
+    """One endpoint's HTTP session and token; requests name the mailbox they count against."""
+
+    def __init__(self, config: EndpointConfig) -> None:
+        self.config = config
+        self.base_url = str(config.options.get("base_url") or DEFAULT_BASE_URL).rstrip("/")
+        self.tokens = TokenSource(config, GRAPH_SCOPE)
+        self.http = requests.Session()
+        self.http.trust_env = False  # REQUESTS_CA_BUNDLE would override ca_file (TESTING.md)
+        self.http.verify = str(config.ca_file) if config.ca_file else True
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32, max_retries=0)
+        self.http.mount("https://", adapter)
+        self._gates: dict[str, MailboxGate] = {}
+        self._gates_lock = threading.Lock()
+
+    def describe(self) -> str:
+        return f"{self.config.role} graph {self.base_url}"
+
+    def gate(self, mailbox: str) -> MailboxGate:
+        with self._gates_lock:
+            return self._gates.setdefault(mailbox.lower(), MailboxGate())
+
+    def user_url(self, mailbox: str, path: str = "") -> str:
+        return f"{self.base_url}/users/{quote(mailbox, safe='@')}{path}"
+
+    def call(self, method: str, url: str, mailbox: str, *, json: Any = None, data: bytes | None = None,
+             headers: Mapping[str, str] | None = None, authorized: bool = True) -> requests.Response:
+        """Send one request, waiting out throttling and refreshing a stale token; returns a 2xx response or
+        raises GraphError (the server's refusal) or Transient (no answer)."""
+        gate = self.gate(mailbox)
+        stale_token_retried = False
+        for _attempt in range(MAX_WAITS):
+            gate.wait_turn()
+            with gate.slots:
+                token = self.tokens.token() if authorized else None
+                response = self._send(method, url, json, data, headers, token)
+            if response.status_code < 300:
+                return response
+            if response.status_code == 401 and token is not None and not stale_token_retried:
+                self.tokens.invalidate(token)
+                stale_token_retried = True
+                continue
+            if response.status_code in (429, 502, 503, 504):
+                gate.hold_off(_retry_after(response))
+                continue
+            raise _graph_error(response)
+        raise Throttled(f"{self.describe()} {mailbox}: still throttled after {MAX_WAITS} waits",
+                        retry_after=_retry_after(response))
+
+    def _send(self, method: str, url: str, json: Any, data: bytes | None, headers: Mapping[str, str] | None,
+              token: str | None) -> requests.Response:
+        all_headers = {"Prefer": IMMUTABLE_IDS, **(headers or {})}
+        if token is not None:
+            all_headers["Authorization"] = f"Bearer {token}"
+        try:
+            return self.http.request(method, url, json=json, data=data, headers=all_headers,
+                                     timeout=self.config.timeout)
+        except requests.exceptions.SSLError as exc:
+            raise Unreachable(f"{self.describe()}: TLS failed (is ca_file right?): {_short(exc)}") from None
+        except requests.exceptions.ConnectionError as exc:
+            if isinstance(exc.__context__, ConnectionRefusedError) or "refused" in str(exc).lower():
+                raise Unreachable(f"{self.describe()}: cannot connect: {_short(exc)}") from None
+            raise Transient(f"{self.describe()}: connection lost: {_short(exc)}") from None
+        except requests.exceptions.RequestException as exc:
+            raise Transient(f"{self.describe()}: {type(exc).__name__}: {_short(exc)}") from None
+
+    def get_json(self, url: str, mailbox: str) -> dict[str, Any]:
+        body: dict[str, Any] = self.call("GET", url, mailbox).json()
+        return body
+
+    def pages(self, url: str, mailbox: str) -> Iterator[dict[str, Any]]:
+        """Every item of a collection, following @odata.nextLink verbatim (https://learn.microsoft.com/en-us/graph/paging)."""
+        next_url: str | None = url
+        while next_url:
+            page = self.get_json(next_url, mailbox)
+            yield from page.get("value", [])
+            next_url = page.get("@odata.nextLink")
+
+
+def _retry_after(response: requests.Response) -> float:
+    try:
+        return min(MAX_RETRY_AFTER, max(0.0, float(response.headers.get("Retry-After", "2"))))
+    except ValueError:
+        return 2.0
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+
+
+def _graph_error(response: requests.Response) -> GraphError:
+    try:
+        error = response.json().get("error", {})
+        code, message = str(error.get("code", "")), str(error.get("message", ""))
+    except ValueError:
+        code, message = "", response.text[:200]
+    return GraphError(response.status_code, code or response.reason or "", message)
+
+
+def translate(exc: GraphError, context: str, *, item: bool = False) -> MigratorError:
+    """The error class that says what to do next; `item` when the request concerned one message."""
+    text = f"{context}: {exc}"
+    if exc.code in _QUOTA_CODES or exc.status == 507:
+        return MailboxFailed(f"{text} (target mailbox quota full)", reason="quota")
+    if exc.code in _TOO_LARGE_CODES or exc.status == 413:
+        return ItemFailed(f"{text} (refused as too large)", reason="too-large")
+    if exc.status in (401, 403):
+        return AuthFailed(f"{text} (check the app's Mail.ReadWrite application permission and admin consent)")
+    if exc.status == 404 and exc.code in _NO_MAILBOX_CODES:
+        return AuthFailed(f"{text} (no such mailbox for this app)")
+    if item and exc.status == 400:
+        return ItemFailed(f"{text} (refused by the server)", reason="refused")
+    return FolderFailed(text)
+
+
+@contextmanager
+def translated(context: str, *, item: bool = False) -> Iterator[None]:
+    try:
+        yield
+    except GraphError as exc:
+        raise translate(exc, context, item=item) from None

@@ -1,0 +1,313 @@
+"""One Exchange Online mailbox through Microsoft Graph, as the connector protocol sees it.
+
+Folders are addressed by their display-name path ("Inbox/Projects", separator "/"); a folder's key is a
+digest of its Graph id, so a folder deleted and recreated under the same name reads as a new folder (the
+role UIDVALIDITY plays for IMAP). Message ids are immutable ids, stable across moves.
+
+Writes: each message is created by a JSON POST (see mime.py for why not MIME), four at a time, the per-mailbox
+concurrency Outlook allows. The copy's idempotency tag (the SHA-256 of the source bytes) is a named
+extended property set in the creating request, so settling an open intent is one filtered query. A
+message whose attachments go through upload sessions is created with a "pending-" tag that becomes the
+real tag only after the last upload: a crash in between leaves an incomplete copy that settling recognises
+by that tag and removes before copying again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+from migrator.connectors.graph import mime
+from migrator.connectors.graph.client import MAILBOX_CONCURRENCY, GraphClient, GraphError, translate, translated
+from migrator.errors import FolderFailed, ItemFailed, StateError
+from migrator.model import Capabilities, CopyTag, CutoverSettings, FolderInfo, MessageRef, RawMessage, Role
+
+# Well-known folder names (https://learn.microsoft.com/en-us/graph/api/resources/mailfolder) and their roles.
+WELL_KNOWN = {"inbox": Role.INBOX, "sentitems": Role.SENT, "deleteditems": Role.TRASH, "drafts": Role.DRAFTS,
+              "junkemail": Role.JUNK, "archive": Role.ARCHIVE}
+SEPARATOR = "/"
+PAGE = 500
+UPLOAD_CHUNK = 10 * 320 * 1024  # upload session chunks must be multiples of 320 KiB
+UPLOAD_SESSION_MINIMUM = 3 * 2**20  # smaller attachments are one POST; sessions refuse them
+PENDING = "pending-"
+KEPT_SYSTEM_FLAGS = frozenset({"\\Seen", "\\Flagged", "\\Draft", "\\Answered"})
+_LISTED = "id,receivedDateTime,isRead,isDraft,flag,categories"
+_EXPANDED = (f"singleValueExtendedProperties($filter=id eq '{mime.SIZE_PROPERTY}' "
+             f"or id eq '{mime.LAST_VERB_PROPERTY}')")
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def folder_key(folder_id: str) -> str:
+    return hashlib.sha256(folder_id.encode()).hexdigest()[:32]
+
+
+class GraphMailbox:
+    """A session on one mailbox; `write` allows the clean-up of incomplete copies while settling."""
+
+    def __init__(self, client: GraphClient, address: str, *, write: bool, max_message_size: int) -> None:
+        self.client = client
+        self.address = address
+        self.write = write
+        self.context = f"{client.describe()} {address}"
+        self.max_message_size = max_message_size
+        self._ids: dict[str, str] = {}  # folder path -> Graph id
+        self._role_ids: dict[str, Role] | None = None  # Graph id -> role, read once a session
+        self._pool = ThreadPoolExecutor(max_workers=MAILBOX_CONCURRENCY, thread_name_prefix="graph")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def _parallel(self, function: Callable[[T], R], items: Iterable[T]) -> list[R]:
+        """Results in order; the first failure is raised after every request in flight has ended."""
+        futures = [self._pool.submit(function, item) for item in items]
+        errors = [f.exception() for f in futures]
+        first = next((e for e in errors if e is not None), None)
+        if first is not None:
+            raise first
+        return [f.result() for f in futures]
+
+    def _url(self, path: str) -> str:
+        return self.client.user_url(self.address, path)
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(append_returns_ids=True, bulk_append=False, preserves_bytes=False,
+                            preserves_internal_date=True, special_use=True, change_cursor="delta",
+                            max_message_size=self.max_message_size, raw=frozenset({"graph"}),
+                            system_flags=KEPT_SYSTEM_FLAGS, atom_keywords=False)
+
+    # -- folders -----------------------------------------------------------------------------------------
+
+    def _roles(self) -> dict[str, Role]:
+        if self._role_ids is None:
+            self._role_ids = self._read_roles()
+        return self._role_ids
+
+    def _read_roles(self) -> dict[str, Role]:
+        roles = {}
+        for name, role in WELL_KNOWN.items():
+            try:
+                found = self.client.get_json(self._url(f"/mailFolders/{name}?$select=id"), self.address)
+            except GraphError as exc:
+                if exc.status == 404:  # e.g. no archive folder in this mailbox
+                    continue
+                raise translate(exc, f"{self.context} folder {name}") from None
+            roles[str(found["id"])] = role
+        return roles
+
+    def _walk(self, url: str, parent: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        for folder in self.client.pages(url, self.address):
+            path = f"{parent}{SEPARATOR}{folder['displayName']}" if parent else str(folder["displayName"])
+            yield path, folder
+            if folder.get("childFolderCount"):
+                yield from self._walk(self._url(f"/mailFolders/{folder['id']}/childFolders?$top=250"), path)
+
+    def _tree(self) -> list[tuple[str, dict[str, Any]]]:
+        with translated(f"{self.context} folders"):
+            walked = list(self._walk(self._url("/mailFolders?$top=250"), ""))
+        self._ids = {path: str(folder["id"]) for path, folder in walked}
+        return walked
+
+    def list_folders(self, *, sizes: bool = True) -> list[FolderInfo]:
+        with translated(f"{self.context} folders"):
+            roles = self._roles()
+        walked = self._tree()
+        folders = []
+        for path, folder in walked:
+            info = FolderInfo(path, SEPARATOR, roles.get(str(folder["id"])), folder_key(str(folder["id"])),
+                              int(folder.get("totalItemCount") or 0))
+            if sizes:
+                size = folder.get("sizeInBytes")
+                size = int(size) if size is not None else sum(r.size for r in self.list_messages(info))
+                info = FolderInfo(info.path, SEPARATOR, info.role, info.key, info.messages, size)
+            folders.append(info)
+        return folders
+
+    def _folder_id(self, folder: FolderInfo) -> str:
+        if folder.path not in self._ids:
+            self._tree()
+        folder_id = self._ids.get(folder.path)
+        if folder_id is None:
+            raise FolderFailed(f"{self.context} folder {folder.path!r}: no such folder")
+        if folder.key is not None and folder_key(folder_id) != folder.key:
+            raise FolderFailed(f"{self.context} folder {folder.path!r} was deleted and recreated (key "
+                               f"{folder_key(folder_id)}, was {folder.key}); its message ids are no longer valid")
+        return folder_id
+
+    def ensure_folder(self, path: str, role: Role | None) -> tuple[FolderInfo, bool]:
+        existing = {f.path: f for f in self.list_folders(sizes=False)}
+        if path in existing:
+            return existing[path], False
+        parent = ""
+        for part in path.split(SEPARATOR):
+            here = f"{parent}{SEPARATOR}{part}" if parent else part
+            if here not in self._ids:
+                self._create_folder(parent, part)
+            parent = here
+        created = {f.path: f for f in self.list_folders(sizes=False)}[path]
+        return created, True
+
+    def _create_folder(self, parent: str, name: str) -> None:
+        url = self._url(f"/mailFolders/{self._ids[parent]}/childFolders" if parent else "/mailFolders")
+        try:
+            self.client.call("POST", url, self.address, json={"displayName": name})
+        except GraphError as exc:
+            if exc.code != "ErrorFolderExists":  # created by someone else meanwhile: use it
+                raise translate(exc, f"{self.context} create folder {name!r}") from None
+        self._tree()
+
+    def remove_folder(self, folder: FolderInfo) -> None:
+        with translated(f"{self.context} delete folder {folder.path!r}"):
+            self.client.call("DELETE", self._url(f"/mailFolders/{self._folder_id(folder)}"), self.address)
+        self._ids.pop(folder.path, None)
+
+    # -- messages ----------------------------------------------------------------------------------------
+
+    def list_messages(self, folder: FolderInfo) -> list[MessageRef]:
+        url = self._url(f"/mailFolders/{self._folder_id(folder)}/messages?$select={_LISTED}"
+                        f"&$expand={_EXPANDED}&$top={PAGE}")
+        with translated(f"{self.context} folder {folder.path!r}"):
+            return [_ref(item) for item in self.client.pages(url, self.address)]
+
+    def fetch(self, folder: FolderInfo, refs: Sequence[MessageRef]) -> Iterator[RawMessage]:
+        def one(ref: MessageRef) -> RawMessage:
+            try:
+                response = self.client.call("GET", self._url(f"/messages/{quote(ref.id, safe='')}/$value"),
+                                            self.address)
+            except GraphError as exc:
+                if exc.status == 404:
+                    raise FolderFailed(f"{self.context} folder {folder.path!r}: message {ref.id} vanished while "
+                                       f"copying") from None
+                raise translate(exc, f"{self.context} fetch {ref.id}") from None
+            return RawMessage(ref, response.content)
+        yield from self._parallel(one, refs)
+
+    def watermark(self, folder: FolderInfo) -> str | None:
+        return None  # copies are found by their tag, not by position
+
+    def append(self, folder: FolderInfo, messages: Sequence[RawMessage]) -> Sequence[str | ItemFailed | None]:
+        folder_id = self._folder_id(folder)
+        return self._parallel(lambda message: self._create(folder_id, message), messages)
+
+    def _create(self, folder_id: str, message: RawMessage) -> str | ItemFailed:
+        context = f"{self.context} create in folder {folder_id[:12]}…"
+        try:
+            planned = mime.to_graph_import(message.body, message.ref.flags, message.ref.internal_date, message.digest)
+        except ItemFailed as exc:
+            return exc
+        body = planned.message if not planned.uploads else _with_tag(planned.message, PENDING + message.digest)
+        try:
+            created = self.client.call("POST", self._url(f"/mailFolders/{folder_id}/messages"), self.address,
+                                       json=body).json()
+            message_id = str(created["id"])
+            if planned.uploads:
+                for attachment in planned.uploads:
+                    self._upload(message_id, attachment)
+                self.client.call("PATCH", self._url(f"/messages/{quote(message_id, safe='')}"), self.address,
+                                 json={"singleValueExtendedProperties": [
+                                     {"id": mime.TAG_PROPERTY, "value": message.digest}]})
+        except GraphError as exc:
+            failure = translate(exc, context, item=True)
+            if isinstance(failure, ItemFailed):
+                return failure
+            raise failure from None
+        return message_id
+
+    def _upload(self, message_id: str, attachment: mime.UploadAttachment) -> None:
+        """An attachment added after the create: one POST under 3 MB, else an upload session of ordered
+        chunks to a pre-authenticated URL (https://learn.microsoft.com/en-us/graph/outlook-large-attachments)."""
+        attachments = self._url(f"/messages/{quote(message_id, safe='')}/attachments")
+        if len(attachment.data) < UPLOAD_SESSION_MINIMUM:
+            self.client.call("POST", attachments, self.address, json=mime.file_attachment(attachment))
+            return
+        item = {"attachmentType": "file", "name": attachment.name, "size": len(attachment.data),
+                "contentType": attachment.content_type, "isInline": attachment.is_inline}
+        if attachment.content_id:
+            item["contentId"] = attachment.content_id
+        session = self.client.call("POST", f"{attachments}/createUploadSession", self.address,
+                                   json={"AttachmentItem": item}).json()
+        total = len(attachment.data)
+        for start in range(0, total, UPLOAD_CHUNK):
+            chunk = attachment.data[start:start + UPLOAD_CHUNK]
+            self.client.call("PUT", str(session["uploadUrl"]), self.address, data=chunk, authorized=False,
+                             headers={"Content-Range": f"bytes {start}-{start + len(chunk) - 1}/{total}",
+                                      "Content-Type": "application/octet-stream"})
+
+    def find_tagged(self, folder: FolderInfo, tags: Sequence[CopyTag], since: str | None) -> dict[CopyTag, list[str]]:
+        """One filtered query per tag. Copies still tagged "pending-" never got all their attachments:
+        in a write session they are removed here, so the intent reads as never arrived and is copied anew."""
+        folder_id = self._folder_id(folder)
+
+        def tagged(value: str) -> list[str]:
+            condition = (f"singleValueExtendedProperties/Any(ep: ep/id eq '{mime.TAG_PROPERTY}' "
+                         f"and ep/value eq '{value}')")
+            url = self._url(f"/mailFolders/{folder_id}/messages?$filter={quote(condition)}"
+                            f"&$select=id,createdDateTime&$top={PAGE}")
+            items = sorted(self.client.pages(url, self.address), key=lambda i: (str(i.get("createdDateTime")),
+                                                                                  str(i["id"])))
+            return [str(item["id"]) for item in items]
+
+        with translated(f"{self.context} find copies in {folder.path!r}"):
+            found = dict(zip(tags, self._parallel(lambda tag: tagged(tag.digest), tags), strict=True))
+            if self.write:
+                partial = [i for ids in self._parallel(lambda tag: tagged(PENDING + tag.digest), tags) for i in ids]
+                self._delete_ids(partial)
+        return {tag: ids for tag, ids in found.items() if ids}
+
+    def set_flags(self, folder: FolderInfo, flags: Mapping[str, frozenset[str]]) -> None:
+        def patch(item: tuple[str, frozenset[str]]) -> None:
+            self.client.call("PATCH", self._url(f"/messages/{quote(item[0], safe='')}"), self.address,
+                             json=mime.flag_update(item[1]))
+        with translated(f"{self.context} flags in {folder.path!r}"):
+            self._parallel(patch, flags.items())
+
+    def delete(self, folder: FolderInfo, ids: Sequence[str]) -> None:
+        with translated(f"{self.context} delete in {folder.path!r}"):
+            self._delete_ids(ids)
+
+    def _delete_ids(self, ids: Sequence[str]) -> None:
+        if ids and not self.write:
+            raise StateError(f"{self.context}: delete on a read-only session")
+
+        def remove(message_id: str) -> None:
+            try:
+                self.client.call("DELETE", self._url(f"/messages/{quote(message_id, safe='')}"), self.address)
+            except GraphError as exc:
+                if exc.status != 404:  # already gone is what we wanted
+                    raise
+        self._parallel(remove, ids)
+
+    def quota(self) -> tuple[int, int] | None:
+        return None  # Graph has no per-mailbox quota read for app-only access outside usage reports
+
+    def cutover_settings(self) -> CutoverSettings:
+        """Inbox rules that forward or redirect (https://learn.microsoft.com/en-us/graph/api/mailfolder-list-messagerules)
+        and the automatic-replies status (https://learn.microsoft.com/en-us/graph/api/user-get-mailboxsettings).
+        Mailbox-level forwarding (ForwardingSmtpAddress) and delegates are not in Graph: they come from the
+        dependency file exported with Exchange Online PowerShell."""
+        with translated(f"{self.context} mailbox settings"):
+            settings = self.client.get_json(self._url("/mailboxSettings"), self.address)
+            rules = list(self.client.pages(self._url("/mailFolders/inbox/messageRules"), self.address))
+        forwards = sorted({str(recipient["emailAddress"]["address"]).lower()
+                           for rule in rules if rule.get("isEnabled", True)
+                           for action in ("forwardTo", "redirectTo", "forwardAsAttachmentTo")
+                           for recipient in (rule.get("actions") or {}).get(action) or []})
+        status = str((settings.get("automaticRepliesSetting") or {}).get("status", "disabled"))
+        return CutoverSettings(tuple(forwards), status.lower() != "disabled")
+
+
+def _with_tag(message: dict[str, Any], value: str) -> dict[str, Any]:
+    properties = [p for p in message.get("singleValueExtendedProperties", [])
+                  if not mime.same_property_id(str(p.get("id")), mime.TAG_PROPERTY)]
+    return {**message, "singleValueExtendedProperties": [*properties, {"id": mime.TAG_PROPERTY, "value": value}]}
+
+
+def _ref(item: Mapping[str, Any]) -> MessageRef:
+    size = next((int(p["value"]) for p in item.get("singleValueExtendedProperties", [])
+                 if mime.same_property_id(str(p.get("id", "")), mime.SIZE_PROPERTY)), 0)
+    received = datetime.fromisoformat(str(item["receivedDateTime"]).replace("Z", "+00:00"))
+    return MessageRef(str(item["id"]), size, mime.flags_from_graph(item), received)

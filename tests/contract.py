@@ -1,0 +1,140 @@
+"""The connector contract: what every connector must do, capability by capability.
+
+Each connector has its own test file that provides the `contract` fixture (a real server or a documented-
+behaviour simulator) and imports these tests with `from tests.contract import *`; what a connector cannot
+do is declared in its Capabilities and checked here, never skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from migrator.connectors.base import Endpoint, open_mailbox
+from migrator.engine.verify import FILLED_IN_BY_TARGET
+from migrator.errors import AuthFailed, StateError, Unreachable
+from migrator.fingerprint import fingerprint_fields
+from migrator.model import CopyTag, Login, MessageRef, RawMessage, Role
+
+__all__ = ["Contract", "test_append_keeps_content_flags_and_date_and_ids_match_capabilities",
+           "test_ensure_folder_creates_once_and_keeps_non_ascii_names", "test_find_tagged_finds_our_copies_only",
+           "test_lists_folders_with_roles_and_keys", "test_read_only_session_refuses_every_write",
+           "test_set_flags_and_delete", "test_wrong_credentials_and_unreachable_endpoint_are_typed"]
+
+
+@dataclass
+class Contract:
+    endpoint: Endpoint
+    login: Login
+    bad_login: Login
+    unreachable: Endpoint
+    plant: Callable[[str, bytes], None]  # put a message into a folder as someone else would (not through us)
+
+
+def content_key(body: bytes) -> str:
+    """The content fingerprint without the fields a target fills in when the source has none (verify
+    compares those only where the source has them): equal for a message and its copy on any target."""
+    fields = {k: v for k, v in fingerprint_fields(body).items() if k not in FILLED_IN_BY_TARGET}
+    return hashlib.sha256(repr(sorted(fields.items())).encode()).hexdigest()
+
+
+def message(body: bytes, flags: frozenset[str] = frozenset(), when: datetime | None = None) -> RawMessage:
+    date = when or datetime(2021, 3, 4, 5, 6, 7, tzinfo=timezone(timedelta(hours=2)))
+    return RawMessage(MessageRef("0", len(body), flags, date), body)
+
+
+BODY = b"From: a@example.org\r\nTo: b@example.org\r\nSubject: contract\r\n\r\nhello\r\n"
+
+
+def test_lists_folders_with_roles_and_keys(contract: Contract) -> None:
+    with open_mailbox(contract.endpoint, contract.login, write=False) as mailbox:
+        folders = {f.path: f for f in mailbox.list_folders()}
+    roles = {f.role: f.path for f in folders.values() if f.role}
+    assert roles[Role.INBOX].upper() == "INBOX"
+    assert roles[Role.SENT] == "Sent Items" and roles[Role.TRASH] == "Deleted Items"
+    assert all(f.key for f in folders.values() if f.selectable)
+
+
+def test_ensure_folder_creates_once_and_keeps_non_ascii_names(contract: Contract) -> None:
+    with open_mailbox(contract.endpoint, contract.login, write=True) as mailbox:
+        created, was_created = mailbox.ensure_folder("Projets/Été 2026", None)
+        again, created_again = mailbox.ensure_folder("Projets/Été 2026", None)
+        assert (was_created, created_again) == (True, False)
+        assert created.key == again.key
+        assert "Projets/Été 2026" in {f.path for f in mailbox.list_folders()}
+
+
+def test_append_keeps_content_flags_and_date_and_ids_match_capabilities(contract: Contract) -> None:
+    sent = [message(BODY, frozenset({"\\Seen", "$Forwarded", "Work"})),
+            message(BODY.replace(b"hello", b"second"), frozenset({"\\Flagged"}),
+                    datetime(2019, 12, 31, 23, 59, 59, tzinfo=UTC))]
+    with open_mailbox(contract.endpoint, contract.login, write=True) as mailbox:
+        folder, _ = mailbox.ensure_folder("Contract", None)
+        ids = mailbox.append(folder, sent)
+        caps = mailbox.capabilities()
+        assert all(i is not None for i in ids) == caps.append_returns_ids
+        listing = mailbox.list_messages(folder)
+        fetched = {m.ref.id: m for m in mailbox.fetch(folder, listing)}
+    content = (lambda body: body) if caps.preserves_bytes else content_key
+    assert sorted(content(m.body) for m in fetched.values()) == sorted(content(m.body) for m in sent)
+    for original in sent:
+        copy = next(m for m in fetched.values() if content(m.body) == content(original.body))
+        assert copy.ref.flags == caps.storable_flags(original.ref.flags)
+        assert copy.ref.internal_date == original.ref.internal_date
+        if caps.preserves_bytes:
+            assert copy.ref.size == len(original.body)
+    if caps.append_returns_ids:
+        assert sorted(ids, key=str) == sorted(fetched, key=str)
+
+
+def test_find_tagged_finds_our_copies_only(contract: Contract) -> None:
+    """An identical message that was there before us is never taken for our copy: IMAP tells them apart by
+    the watermark (UIDNEXT), Graph by the tag property only our copies carry."""
+    tag = CopyTag(hashlib.sha256(BODY).hexdigest(), len(BODY))
+    with open_mailbox(contract.endpoint, contract.login, write=True) as mailbox:
+        folder, _ = mailbox.ensure_folder("Tagged", None)
+    contract.plant("Tagged", BODY)
+    with open_mailbox(contract.endpoint, contract.login, write=True) as mailbox:
+        folder, _ = mailbox.ensure_folder("Tagged", None)
+        watermark = mailbox.watermark(folder)
+        ids = mailbox.append(folder, [message(BODY), message(BODY)])
+        found = mailbox.find_tagged(folder, [tag], watermark)
+    assert len(found[tag]) == 2
+    if mailbox.capabilities().append_returns_ids:
+        assert sorted(found[tag]) == sorted(str(i) for i in ids)
+
+
+def test_set_flags_and_delete(contract: Contract) -> None:
+    with open_mailbox(contract.endpoint, contract.login, write=True) as mailbox:
+        folder, _ = mailbox.ensure_folder("Flags", None)
+        mailbox.append(folder, [message(BODY), message(BODY + b"x")])
+        first, second = mailbox.list_messages(folder)
+        mailbox.set_flags(folder, {first.id: frozenset({"\\Answered", "Later"})})
+        mailbox.delete(folder, [second.id])
+        (remaining,) = mailbox.list_messages(folder)
+    assert remaining.id == first.id and remaining.flags == {"\\Answered", "Later"}
+
+
+def test_read_only_session_refuses_every_write(contract: Contract) -> None:
+    with open_mailbox(contract.endpoint, contract.login, write=False) as mailbox:
+        inbox = next(f for f in mailbox.list_folders() if f.role == Role.INBOX)
+        with pytest.raises(StateError, match="read-only"):
+            mailbox.append(inbox, [message(BODY)])
+        with pytest.raises(StateError, match="read-only"):
+            mailbox.ensure_folder("New", None)
+        with pytest.raises(StateError, match="read-only"):
+            mailbox.set_flags(inbox, {"1": frozenset()})
+        with pytest.raises(StateError, match="read-only"):
+            mailbox.delete(inbox, ["1"])
+        assert mailbox.list_messages(inbox) == []
+
+
+def test_wrong_credentials_and_unreachable_endpoint_are_typed(contract: Contract) -> None:
+    with pytest.raises(AuthFailed), open_mailbox(contract.endpoint, contract.bad_login, write=False):
+        pass
+    with pytest.raises(Unreachable):
+        contract.unreachable.probe()
