@@ -133,6 +133,18 @@ class CopyTag:
 
 
 @dataclass(frozen=True)
+class FolderChanges:
+    """What changed in a folder since a cursor (Graph delta, IMAP QRESYNC): messages new or changed, ids
+    gone, and the cursor to keep once this pass has acted on them. `complete` when `changed` is the whole
+    folder (no cursor yet, or the server no longer knew it)."""
+
+    changed: list[MessageRef]
+    removed: list[str]
+    cursor: str
+    complete: bool
+
+
+@dataclass(frozen=True)
 class CutoverSettings:
     """Mailbox settings that change what a cutover must take care of: where mail is forwarded (inbox rules
     that forward or redirect) and whether automatic replies are on. Endpoints that cannot tell say nothing."""

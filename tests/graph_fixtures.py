@@ -92,9 +92,11 @@ def exchange_path(imap_folder: str) -> str:
     return "/".join(parts)
 
 
-def seed_graph(graph: GraphSimulator, address: str, corpus: dict[tuple[str, ...], list[CorpusMessage]]) -> int:
-    """Deliver a generated corpus into a simulated mailbox (as Exchange would: not drafts)."""
-    graph.add_user(address)
+def seed_graph(graph: GraphSimulator, address: str, corpus: dict[tuple[str, ...], list[CorpusMessage]],
+               **user: Any) -> int:
+    """Deliver a generated corpus into a simulated mailbox (as Exchange would: not drafts); `user` options go
+    to `add_user` (forwarding_to, auto_reply, ...)."""
+    graph.add_user(address, **user)
     count = 0
     for path, messages in corpus.items():
         folder = "/".join([EXCHANGE_NAMES.get(path[0], path[0]), *path[1:]])
@@ -111,12 +113,12 @@ def graph_contents(graph: GraphSimulator, address: str) -> dict[str, Counter[tup
     """Per folder path: (content fingerprint, flags as IMAP flags, received time) of every message."""
     result: dict[str, Counter[tuple[str, frozenset[str], datetime]]] = {}
     for path in graph.folders(address):
-        result[path] = Counter((content_key(graph.mime(address, m.id)), _flags(m), m.received)
+        result[path] = Counter((content_key(graph.mime(address, m.id)), graph_flags(m), m.received)
                                for m in graph.messages(address, path))
     return result
 
 
-def _flags(message: Any) -> frozenset[str]:
+def graph_flags(message: Any) -> frozenset[str]:
     """A simulated item's state in IMAP terms (what the connector's flags_from_graph reads)."""
     flags = set(message.categories)
     if message.is_read:

@@ -25,7 +25,7 @@ import pytest
 
 from migrator.lab.corpus import CorpusSpec, generate_corpus, load_corpus, mailbox_snapshot
 from migrator.lab.dovecot import DovecotServer, LabUser
-from tests.graph_fixtures import Cloud, Tenant, graph_contents, imap_contents, seed_graph
+from tests.graph_fixtures import EXCHANGE_FLAGS, Cloud, Tenant, graph_contents, graph_flags, imap_contents, seed_graph
 from tests.imap_fixtures import Project
 
 USERS = [LabUser("alice", "alice-pw"), LabUser("bob", "bob-pw")]
@@ -92,7 +92,7 @@ def assert_graph_holds_source(source: DovecotServer, tenant: Tenant, *, exact: b
                 assert not have - messages, f"{user.name} {path}: duplicated or foreign {have - messages}"
 
 
-def test_imap_to_graph_copies_verifies_deltas_and_rolls_back(imap_source: DovecotServer, cloud: Cloud,
+def test_imap_to_graph_copies_verifies_and_rolls_back(imap_source: DovecotServer, cloud: Cloud,
                                                               lab_root: Path) -> None:
     tenant = cloud.tenant("target")
     project = to_graph_project(lab_root, imap_source, tenant)
@@ -196,3 +196,37 @@ def test_kill_9_into_graph_loses_and_duplicates_nothing(imap_source: DovecotServ
     project.migrator("verify", "plans/wave1.yaml", "--deep")
     assert "copied 0 messages" in project.run()
 
+
+
+def test_graph_source_delta_reads_only_what_changed(dovecot: None, lab_root: Path, cloud: Cloud) -> None:
+    """After the first pass each folder keeps its deltaLink: a delta pass asks Graph only for changes (no
+    message listing), and new mail, flag changes and deletions (with --sync-deletes) all arrive."""
+    tenant = cloud.tenant("source")
+    user = USERS[0]
+    address = f"{user.name}@old.example"
+    seed_graph(tenant.graph, address, generate_corpus(user, CorpusSpec(8, 0, False, 3)))
+    with DovecotServer(root=lab_root / "target", name="target", layout="target", users=[user]) as target:
+        project = GraphProject(lab_root / "project", env={tenant.secret_env: tenant.secret})
+        project.project.mkdir()
+        project.setup(tenant.config_block(), imap_block("target", target),
+                      ["source,target,target_login,target_password",
+                       f"{address},{user.name}@new.example,{user.name},{user.password}"])
+        project.run()
+        tenant.graph.requests.clear()
+        assert "copied 0 messages" in project.run("delta")
+        listings = {key: n for key, n in tenant.graph.requests.items() if key.startswith("GET") and
+                    key.endswith("/messages")}
+        assert not listings, f"a delta pass listed folders: {listings}"
+        assert any(key.endswith("/messages/delta") for key in tenant.graph.requests)
+
+        inbox = tenant.graph.messages(address, "Inbox")
+        tenant.graph.update_message(address, inbox[0].id, is_read=not inbox[0].is_read, flagged=True)
+        tenant.graph.delete_message(address, inbox[1].id)
+        tenant.graph.add_message(address, "Inbox", b"From: a@x.example\r\nTo: b@y.example\r\nSubject: new\r\n"
+                                 b"Message-ID: <new@x.example>\r\n\r\narrived after the prestage\r\n")
+        project.run("delta", "--sync-deletes")
+        served = Counter((hashlib.sha256(tenant.graph.mime(address, m.id)).hexdigest(), graph_flags(m))
+                         for m in tenant.graph.messages(address, "Inbox"))
+        snapshot = mailbox_snapshot(target.host, target.port, user.name, user.password)
+        copied = Counter((sha, EXCHANGE_FLAGS.storable_flags(flags)) for sha, flags, _date in snapshot["INBOX"])
+        assert copied == served

@@ -368,6 +368,35 @@ def test_record_flags(store: Engine) -> None:
     assert entry.flags == frozenset({"\\Flagged", "\\Seen"})
 
 
+def test_flags_with_spaces_round_trip(store: Engine) -> None:
+    """Exchange categories may hold spaces; IMAP-only rows keep their old space-separated form."""
+    lease, mailbox_id, checkpoint_id = leased_mailbox(store)
+    categories = frozenset({"\\Seen", "Red category", "Project X", "$Forwarded"})
+    with store.begin() as conn:
+        (entry_id,) = ledger.record_intents(conn, lease, mailbox_id, checkpoint_id, [pending("1")])
+        ledger.record_flags(conn, lease, {entry_id: categories})
+    with store.connect() as conn:
+        (entry,) = ledger.folder_entries(conn, mailbox_id, "INBOX")
+    assert entry.flags == categories
+    assert ledger.encode_flags({"\\Seen", "$Junk"}) == "$Junk \\Seen"
+
+
+def test_cursor_is_kept_per_folder_key_and_basis_and_dropped_by_rollback(store: Engine) -> None:
+    lease, mailbox_id, checkpoint_id = leased_mailbox(store)
+    with store.begin() as conn:
+        ledger.keep_cursor(conn, lease, mailbox_id, "INBOX", "11", "https://graph/delta?token=1", "b1")
+        ledger.keep_cursor(conn, lease, mailbox_id, "INBOX", "11", "https://graph/delta?token=2", "b1")
+        (entry_id,) = ledger.record_intents(conn, lease, mailbox_id, checkpoint_id, [pending("1")])
+    with store.connect() as conn:
+        assert ledger.read_cursor(conn, mailbox_id, "INBOX", "11", "b1") == "https://graph/delta?token=2"
+        assert ledger.read_cursor(conn, mailbox_id, "INBOX", "12", "b1") is None, "folder recreated"
+        assert ledger.read_cursor(conn, mailbox_id, "INBOX", "11", "b2") is None, "other filters"
+    with store.begin() as conn:
+        ledger.forget(conn, lease, [entry_id])
+    with store.connect() as conn:
+        assert ledger.read_cursor(conn, mailbox_id, "INBOX", "11", "b1") is None, "rolled back: list again"
+
+
 def test_claimed_target_ids(store: Engine) -> None:
     lease, mailbox_id, checkpoint_id = leased_mailbox(store)
     with store.begin() as conn:

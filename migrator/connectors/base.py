@@ -11,10 +11,20 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from migrator.errors import ItemFailed, StateError
-from migrator.model import Capabilities, CopyTag, CutoverSettings, FolderInfo, Login, MessageRef, RawMessage, Role
+from migrator.model import (
+    Capabilities,
+    CopyTag,
+    CutoverSettings,
+    FolderChanges,
+    FolderInfo,
+    Login,
+    MessageRef,
+    RawMessage,
+    Role,
+)
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,11 @@ class Mailbox(Protocol):
         """Ids of messages after watermark `since` that carry each tag, oldest first."""
         ...
 
+    def changes(self, folder: FolderInfo, cursor: str | None) -> FolderChanges | None:
+        """What changed since `cursor` (None: everything, with a first cursor), or None where the endpoint
+        cannot say; then callers list the folder."""
+        ...
+
     def set_flags(self, folder: FolderInfo, flags: Mapping[str, frozenset[str]]) -> None: ...
 
     def quota(self) -> tuple[int, int] | None:
@@ -94,6 +109,16 @@ class Endpoint(Protocol):
     def session(self, login: Login, *, write: bool) -> AbstractContextManager[Mailbox]: ...
 
 
+@runtime_checkable
+class MailboxLister(Protocol):
+    """Optional: an endpoint that can list its own mailboxes (`discover --export-mailboxes`); callers test it
+    with isinstance. IMAP cannot: a server shows one user's folders, never its list of users."""
+
+    def list_mailboxes(self) -> list[str]:
+        """The address of every mailbox, for a starting mailboxes.csv; raises EndpointError."""
+        ...
+
+
 class ReadOnlyMailbox:
     """Delegates reads; any write is a bug in migrator, never a user error, so it raises StateError."""
 
@@ -117,6 +142,9 @@ class ReadOnlyMailbox:
 
     def find_tagged(self, folder: FolderInfo, tags: Sequence[CopyTag], since: str | None) -> dict[CopyTag, list[str]]:
         return self._inner.find_tagged(folder, tags, since)
+
+    def changes(self, folder: FolderInfo, cursor: str | None) -> FolderChanges | None:
+        return self._inner.changes(folder, cursor)
 
     def quota(self) -> tuple[int, int] | None:
         return self._inner.quota()

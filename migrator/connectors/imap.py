@@ -36,7 +36,17 @@ from migrator.errors import (
     Unreachable,
     UserError,
 )
-from migrator.model import Capabilities, CopyTag, CutoverSettings, FolderInfo, Login, MessageRef, RawMessage, Role
+from migrator.model import (
+    Capabilities,
+    CopyTag,
+    CutoverSettings,
+    FolderChanges,
+    FolderInfo,
+    Login,
+    MessageRef,
+    RawMessage,
+    Role,
+)
 
 _ROLE_FLAGS = {b"\\Sent": Role.SENT, b"\\Drafts": Role.DRAFTS, b"\\Trash": Role.TRASH, b"\\Junk": Role.JUNK,
                b"\\Archive": Role.ARCHIVE}
@@ -373,6 +383,9 @@ class ImapMailbox:
         if not storage:
             return None
         return int(storage[0].usage) * 1024, int(storage[0].limit) * 1024
+
+    def changes(self, folder: FolderInfo, cursor: str | None) -> FolderChanges | None:
+        return None  # CONDSTORE/QRESYNC not read yet: callers list the folder
 
     def cutover_settings(self) -> CutoverSettings:
         return CutoverSettings()  # forwarding lives in Sieve scripts, which IMAP does not show

@@ -124,6 +124,9 @@ class Journal:
                            self.mailbox_id, self.lease.job_id)
         self._commit(write)
 
+    def cursor(self, folder: str, folder_key: str, cursor: str, basis: str) -> None:
+        self._commit(lambda c: ledger.keep_cursor(c, self.lease, self.mailbox_id, folder, folder_key, cursor, basis))
+
     def forget(self, ledger_ids: Sequence[int]) -> None:
         self._commit(lambda c: ledger.forget(c, self.lease, ledger_ids))
 

@@ -8,14 +8,16 @@ re-run the pass (which settles first), so a write is never retried blind.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from sqlalchemy import Engine
 
 from migrator.accounting import Progress
-from migrator.config import Config
+from migrator.config import Config, FilterConfig
 from migrator.connectors.base import Endpoint, Mailbox, open_mailbox
 from migrator.engine import diff
 from migrator.engine.checkpoint import CrashHook, Journal
@@ -151,7 +153,8 @@ def _sync_folder(ctx: RunContext, record: MailboxRecord, journal: Journal, src: 
         entries = _entries(ctx, record, folder)
     if check_source_key(src, journal, folder, entries, folder.path in ctx.options.rematch_folders):
         entries = _entries(ctx, record, folder)
-    actions = diff.plan_folder(src.list_messages(folder), entries, ctx.config.filters)
+    listing, cursor = _source_listing(ctx, record, src, folder, entries)
+    actions = diff.plan_folder(listing, entries, ctx.config.filters)
     ctx.progress.add(still_failed=actions.failed_before)
     if actions.gone:
         _source_deletions(ctx, journal, dst, folder, target, actions.gone)
@@ -164,6 +167,38 @@ def _sync_folder(ctx: RunContext, record: MailboxRecord, journal: Journal, src: 
         for messages in batches:
             journal.check_stop()
             _copy_chunk(ctx, journal, dst, folder, target, messages)
+    if cursor is not None:  # every change up to it is acted on: the next pass starts there
+        journal.cursor(folder.path, folder.key or "", cursor, _listing_basis(ctx.config.filters))
+
+
+def _listing_basis(filters: FilterConfig) -> str:
+    """What a kept cursor assumes: messages the filters left out are not in the ledger, so a cursor read
+    under other filters would never bring them back."""
+    return hashlib.sha256(f"{filters.before}|{filters.after}".encode()).hexdigest()[:32]
+
+
+def _source_listing(ctx: RunContext, record: MailboxRecord, src: Mailbox, folder: FolderInfo,
+                    entries: Sequence[LedgerEntry]) -> tuple[list[MessageRef], str | None]:
+    """The folder's messages, and the cursor to keep after acting on them. Where the source can say what
+    changed since the cursor the last pass kept, only that is read and the rest is what the ledger knows
+    (copied or refused messages, with the flags they were last given); otherwise the folder is listed."""
+    with translate_db_errors(), ctx.engine.connect() as conn:
+        kept = ledger.read_cursor(conn, record.id, folder.path, folder.key or "", _listing_basis(ctx.config.filters))
+    changes = src.changes(folder, kept)
+    if changes is None:
+        return src.list_messages(folder), None
+    if changes.complete:
+        return changes.changed, changes.cursor
+    known = {e.source_id: _known_ref(e) for e in entries
+             if e.state in (ledger.DONE, ledger.FAILED) and e.source_key == (folder.key or "")}
+    for gone in changes.removed:
+        known.pop(gone, None)
+    known.update((ref.id, ref) for ref in changes.changed)
+    return list(known.values()), changes.cursor
+
+
+def _known_ref(entry: LedgerEntry) -> MessageRef:
+    return MessageRef(entry.source_id, entry.size, entry.flags, datetime.fromisoformat(entry.internal_date))
 
 
 def _source_deletions(ctx: RunContext, journal: Journal, dst: Mailbox, folder: FolderInfo, target: FolderInfo,

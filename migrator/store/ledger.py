@@ -9,24 +9,28 @@ re-checks the job lease in the same transaction, so a worker that lost its job c
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Row, bindparam, delete, insert, select, update
 
 from migrator.store.records import Lease, LedgerEntry, PendingCopy, TargetFolderRecord, utcnow
-from migrator.store.schema import ledger, target_folder
+from migrator.store.schema import ledger, source_cursor, target_folder
 from migrator.store.work import renew_lease
 
 INTENT, DONE, FAILED, REMOVED = "intent", "done", "failed", "removed"
 
 
 def encode_flags(flags: Iterable[str]) -> str:
-    return " ".join(sorted(flags))
+    """Space-separated, as IMAP writes them; a JSON list where a flag holds whitespace (an Exchange
+    category such as "Red category"). An IMAP flag cannot start with a quote, so the two never mix up."""
+    ordered = sorted(flags)
+    return json.dumps(ordered, ensure_ascii=False) if any(len(f.split()) != 1 for f in ordered) else " ".join(ordered)
 
 
 def decode_flags(text: str) -> frozenset[str]:
-    return frozenset(text.split())
+    return frozenset(json.loads(text) if text.startswith('["') else text.split())
 
 
 def _entry(row: Row[Any]) -> LedgerEntry:
@@ -120,14 +124,19 @@ def rekey(conn: Connection, lease: Lease, new_ids: Mapping[int, tuple[str, str]]
 
 def rename_source_folder(conn: Connection, lease: Lease, mailbox_id: int, old: str, new: str) -> None:
     renew_lease(conn, lease)
+    conn.execute(delete(source_cursor).where(source_cursor.c.mailbox_id == mailbox_id,
+                                             source_cursor.c.folder.in_([old, new])))
     conn.execute(update(ledger).where(ledger.c.mailbox_id == mailbox_id, ledger.c.source_folder == old)
                  .values(source_folder=new))
 
 
 def forget(conn: Connection, lease: Lease, ledger_ids: Sequence[int]) -> None:
-    """Drop rows whose target copies were rolled back."""
+    """Drop rows whose target copies were rolled back, and the cursors of their mailboxes: a delta pass
+    must list the folder again to copy those messages anew."""
     renew_lease(conn, lease)
     if ledger_ids:
+        mailboxes = conn.execute(select(ledger.c.mailbox_id).distinct().where(ledger.c.id.in_(list(ledger_ids))))
+        conn.execute(delete(source_cursor).where(source_cursor.c.mailbox_id.in_([r[0] for r in mailboxes])))
         conn.execute(delete(ledger).where(ledger.c.id.in_(list(ledger_ids))))
 
 
@@ -151,3 +160,21 @@ def remember_target_folder(conn: Connection, lease: Lease, mailbox_id: int, reco
         conn.execute(insert(target_folder).values(mailbox_id=mailbox_id, path=record.path,
                                                   created_by_us=int(record.created_by_us),
                                                   checkpoint_id=record.checkpoint_id, **values))
+
+
+def read_cursor(conn: Connection, mailbox_id: int, folder: str, folder_key: str, basis: str) -> str | None:
+    """The folder's change cursor, if one was kept for this folder key and this basis (the filters)."""
+    row = conn.execute(select(source_cursor.c.cursor).where(
+        source_cursor.c.mailbox_id == mailbox_id, source_cursor.c.folder == folder,
+        source_cursor.c.folder_key == folder_key, source_cursor.c.basis == basis)).first()
+    return str(row[0]) if row else None
+
+
+def keep_cursor(conn: Connection, lease: Lease, mailbox_id: int, folder: str, folder_key: str, cursor: str,
+                basis: str) -> None:
+    """After a pass acted on every change up to `cursor`: the next pass starts there."""
+    renew_lease(conn, lease)
+    conn.execute(delete(source_cursor).where(source_cursor.c.mailbox_id == mailbox_id,
+                                             source_cursor.c.folder == folder))
+    conn.execute(insert(source_cursor).values(mailbox_id=mailbox_id, folder=folder, folder_key=folder_key,
+                                              cursor=cursor, basis=basis))

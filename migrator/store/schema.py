@@ -146,6 +146,17 @@ ledger = Table(
 )
 Index("ix_ledger_target", ledger.c.mailbox_id, ledger.c.target_folder, ledger.c.state)
 
+source_cursor = Table(
+    "source_cursor", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("mailbox_id", Integer, ForeignKey("mailbox.id", ondelete="CASCADE"), nullable=False),
+    Column("folder", String(1024), nullable=False),
+    Column("folder_key", String(64), nullable=False),
+    Column("cursor", Text, nullable=False),
+    Column("basis", String(64), nullable=False),
+    UniqueConstraint("mailbox_id", "folder"),
+)
+
 dependency = Table(
     "dependency", metadata,
     Column("id", Integer, primary_key=True),

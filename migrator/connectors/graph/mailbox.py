@@ -24,7 +24,16 @@ from urllib.parse import quote
 from migrator.connectors.graph import mime
 from migrator.connectors.graph.client import MAILBOX_CONCURRENCY, GraphClient, GraphError, translate, translated
 from migrator.errors import FolderFailed, ItemFailed, StateError
-from migrator.model import Capabilities, CopyTag, CutoverSettings, FolderInfo, MessageRef, RawMessage, Role
+from migrator.model import (
+    Capabilities,
+    CopyTag,
+    CutoverSettings,
+    FolderChanges,
+    FolderInfo,
+    MessageRef,
+    RawMessage,
+    Role,
+)
 
 # Well-known folder names (https://learn.microsoft.com/en-us/graph/api/resources/mailfolder) and their roles.
 WELL_KNOWN = {"inbox": Role.INBOX, "sentitems": Role.SENT, "deleteditems": Role.TRASH, "drafts": Role.DRAFTS,
@@ -172,6 +181,37 @@ class GraphMailbox:
                         f"&$expand={_EXPANDED}&$top={PAGE}")
         with translated(f"{self.context} folder {folder.path!r}"):
             return [_ref(item) for item in self.client.pages(url, self.address)]
+
+    def changes(self, folder: FolderInfo, cursor: str | None) -> FolderChanges:
+        """A delta round (https://learn.microsoft.com/en-us/graph/delta-query-messages): pages up to the
+        deltaLink, which is the next cursor. Without a cursor, or when the service no longer knows it (410,
+        documented for expired sync state), every message comes back and `complete` is set."""
+        folder_id = self._folder_id(folder)
+        first = self._url(f"/mailFolders/{folder_id}/messages/delta?$select={_LISTED}&$expand={_EXPANDED}")
+        try:
+            return self._delta_round(cursor or first, complete=cursor is None)
+        except GraphError as exc:
+            if cursor is not None and exc.status == 410:
+                return self._delta_round(first, complete=True)
+            raise translate(exc, f"{self.context} changes in {folder.path!r}") from None
+
+    def _delta_round(self, url: str, *, complete: bool) -> FolderChanges:
+        changed: dict[str, MessageRef] = {}
+        removed: list[str] = []
+        next_url = url
+        while True:
+            page = self.client.call("GET", next_url, self.address,
+                                    headers={"Prefer": f"odata.maxpagesize={PAGE}"}).json()
+            for item in page.get("value", []):
+                if "@removed" in item:
+                    changed.pop(str(item["id"]), None)
+                    removed.append(str(item["id"]))
+                else:
+                    changed[str(item["id"])] = _ref(item)
+            if page.get("@odata.nextLink"):
+                next_url = str(page["@odata.nextLink"])
+                continue
+            return FolderChanges(list(changed.values()), removed, str(page["@odata.deltaLink"]), complete)
 
     def fetch(self, folder: FolderInfo, refs: Sequence[MessageRef]) -> Iterator[RawMessage]:
         def one(ref: MessageRef) -> RawMessage:
