@@ -11,6 +11,7 @@ import base64
 import quopri
 import random
 import re
+import time
 from collections.abc import Callable, Iterator
 from email import message_from_bytes
 from email import policy as email_policy
@@ -462,6 +463,10 @@ def test_base64_encoded_attached_message_is_read_as_a_message() -> None:
     ("x&nbsp;&amp;&lt;y&#62;&eacute;", "x\xa0&<y>é"),
     ("<script>document.write('no')</script>yes<style>p{}</style>", "yes"),
     ("<b>unclosed <i>tags", "unclosed  tags"),
+    ("<img alt='a > b' src=x>after<!-- a comment -->", "after"),
+    ("<SCRIPT type=x>if (a<b) {}</Script >y<!DOCTYPE html><?xml ?>z", "y z"),
+    ("a < b", "a  <  b"),
+    ("text<!-- unclosed comment", "text"),
     ("", ""),
 ])
 def test_html_text(html: str, text: str) -> None:
@@ -533,3 +538,16 @@ def test_absurd_nesting_falls_back_to_the_raw_bytes() -> None:
     assert fields["subject"] == "too deep" and fields["from"] == "deep@old.example"
     assert [name for name, _ in fields["attachments"]] == ["message.eml"]
     assert fields == fingerprint_fields(raw.replace(b"\r\n", b"\n"))
+
+
+def test_hostile_sizes_take_linear_time() -> None:
+    """Inputs on which the email package's and html.parser's own parsers take minutes."""
+    started = time.monotonic()
+    semicolons = ";" * 200_000
+    raw = (f"Content-Type: text/html; charset=\"{semicolons}\"\r\nFrom: {'(' * 100_000}\r\n"
+           f"To: {', '.join(f'u{i}@example.com' for i in range(20_000))}\r\nSubject: {'=?utf-8?q?x?= ' * 20_000}\r\n"
+           f"\r\n{'<!--' * 500_000}").encode()
+    fields = fingerprint_fields(raw)
+    assert len(fields["to"]) == 20_000 and fields["body"] == ""
+    assert html_text("<" * 2_000_000).split() == ["<"] * 2_000_000
+    assert time.monotonic() - started < 20  # each of these took from a minute to hours before

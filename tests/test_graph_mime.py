@@ -397,6 +397,11 @@ def test_threading_headers_travel_as_properties() -> None:
     props = _props(to_graph_import(raw, frozenset(), RECEIVED, TAG).message)
     assert props[IN_REPLY_TO_PROPERTY] == "<parent@example.com>"
     assert props[REFERENCES_PROPERTY] == "<root@example.com> <parent@example.com>"
+    many = " ".join(f"<id{n}@example.com>" for n in range(100_000))  # 2 MB: keep the root and the latest
+    raw = f"From: a@example.com\r\nReferences: {many}\r\n\r\nreply\r\n".encode()
+    references = _props(to_graph_import(raw, frozenset(), RECEIVED, TAG).message)[REFERENCES_PROPERTY]
+    assert len(references) <= 32_000 and references.startswith("<id0@example.com> <id9")
+    assert references.endswith(" <id99999@example.com>")
 
 
 def test_inline_image_of_an_html_body() -> None:

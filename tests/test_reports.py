@@ -99,6 +99,8 @@ def fixture() -> dict[str, Any]:
             {"kind": "shared-mailbox", "source": "shared-sales@old.example", "target": "alice@old.example"},
             {"kind": "forward", "source": "björn.müller@old.example", "target": "b.mueller@elsewhere.example"},
         ],
+        "auto_replies": [{"mailbox": "zhang.wei@old.example",
+                          "note": "automatic replies are on; they keep answering from the source until cutover"}],
         "batches": batches,
         "dns": [
             {"domain": "old.example", "mx": [[10, "mx1.old.example"], [20, "mx2.old.example"]], "mx_ttl": 3600,
@@ -207,9 +209,10 @@ def test_html_has_charts_tables_and_figures() -> None:
     for title in ("Messages by message size", "Volume by message size", "Messages per year", "Volume per year",
                   "Batch timeline"):
         assert f'aria-label="{title}' in page
-    for section in ("warnings", "charts", "mailboxes", "largest", "issues", "dependencies", "dns", "batches"):
+    for section in ("warnings", "charts", "mailboxes", "largest", "issues", "dependencies", "auto-replies", "dns",
+                    "batches"):
         assert f'<section id="{section}"' in page
-    assert page.count("<table") == 6
+    assert page.count("<table") == 7
     assert "imap://imap.old.example:993" in page and "2026-11-28 18:00 UTC" in page
     assert human_size(data["totals"]["bytes"]) == "39.4 GB" and "39.4 GB" in page
     assert human_count(data["totals"]["messages"]) in page
@@ -254,7 +257,7 @@ def test_html_is_self_contained() -> None:
 
 def test_html_without_plan_or_data_still_renders() -> None:
     data = fixture() | {"mailboxes": [], "years": [], "size_buckets": [], "largest": [], "dependencies": [],
-                        "batches": [], "dns": [], "warnings": [], "target_max_message_size": None}
+                        "auto_replies": [], "batches": [], "dns": [], "warnings": [], "target_max_message_size": None}
     data["totals"] = dict.fromkeys(data["totals"], 0)
     page = render_html(data)
     assert page.count("<svg") == 4 and "Batch timeline" not in page
@@ -290,7 +293,7 @@ def _bad_mailbox() -> dict[str, Any]:
 BAD = [
     pytest.param(_without("totals"), "missing totals", id="missing-key"),
     pytest.param(_without("schema"), "missing schema", id="missing-schema"),
-    pytest.param(fixture() | {"schema": "migrator.discovery/2"}, "schema 'migrator.discovery/2'", id="wrong-schema"),
+    pytest.param(fixture() | {"schema": "migrator.discovery/1"}, "schema 'migrator.discovery/1'", id="wrong-schema"),
     pytest.param(fixture() | {"extra": 1}, "unknown keys extra", id="unknown-key"),
     pytest.param(fixture() | {"mailboxes": {"a": 1}}, "mailboxes must be a list", id="not-a-list"),
     pytest.param(_bad_mailbox(), "mailboxes[2] is missing bytes", id="entry-missing-key"),

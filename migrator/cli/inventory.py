@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 
 import click
@@ -9,7 +11,7 @@ import click
 from migrator.cli.common import config_option, credentials, human_size, mailboxes_option, open_session
 from migrator.cli.report import dns_results
 from migrator.config import Config, load_config, load_dependencies, load_mailboxes
-from migrator.connectors.base import open_mailbox
+from migrator.connectors.base import MailboxLister, open_mailbox
 from migrator.connectors.registry import make_endpoint
 from migrator.discovery.inventory import Discovered, discover
 from migrator.errors import StateError, UserError
@@ -87,12 +89,25 @@ def _yes(value: bool) -> str:
 
 @click.command("discover")
 @config_option
-@click.option("--mailboxes", "mailboxes_path", type=click.Path(path_type=Path), required=True,
+@click.option("--mailboxes", "mailboxes_path", type=click.Path(path_type=Path), default=None,
               help="mailboxes.csv listing the mailboxes to inventory.")
+@click.option("--export-mailboxes", "export_path", type=click.Path(path_type=Path), default=None,
+              help="Instead: write a starting mailboxes.csv (source,target) from the source's list of mailboxes, "
+                   "targets by [mapping].domains; never overwrites.")
 @click.option("--dependencies", "dependencies_path", type=click.Path(path_type=Path), default=None,
               help="Dependencies exported from the source system: CSV kind,source,target or JSON (see README).")
-def discover_command(config_path: Path, mailboxes_path: Path, dependencies_path: Path | None) -> int:
-    """Inventory source mailboxes (folders, counts, sizes) into the state store; writes nothing anywhere else."""
+def discover_command(config_path: Path, mailboxes_path: Path | None, export_path: Path | None,
+                     dependencies_path: Path | None) -> int:
+    """Inventory source mailboxes (folders, counts, sizes) into the state store; writes nothing anywhere else.
+    With --export-mailboxes, only write a starting mailboxes.csv to review (endpoints that can list them)."""
+    if (mailboxes_path is None) == (export_path is None):
+        raise click.UsageError("give one of --mailboxes FILE (inventory) and --export-mailboxes FILE (write a "
+                               "starting mailboxes.csv)")
+    if export_path is not None:
+        if dependencies_path is not None:
+            raise click.UsageError("--dependencies goes with --mailboxes, not with --export-mailboxes")
+        return _export_mailboxes(load_config(config_path), export_path)
+    assert mailboxes_path is not None
     session = open_session(config_path)
     entries = load_mailboxes(mailboxes_path, session.config.mapping)
     dependencies = load_dependencies(dependencies_path, [e.source for e in entries]) if dependencies_path else []
@@ -107,4 +122,33 @@ def discover_command(config_path: Path, mailboxes_path: Path, dependencies_path:
         raise UserError(f"{mailboxes_path}: no mailboxes")
     click.echo(f"inventory: {len(found)} mailboxes, {sum(d.messages for d in found)} messages, "
                f"{human_size(sum(d.size for d in found))}")
+    return 0
+
+
+def _export_mailboxes(config: Config, path: Path) -> int:
+    """Write `path` (source,target) from the source endpoint's list; refuses an existing file."""
+    if path.exists():
+        raise UserError(f"{path}: already exists; not overwritten (move it away or name another file)")
+    endpoint = make_endpoint(config.source)
+    if not isinstance(endpoint, MailboxLister):
+        raise UserError(f"[source].kind = {config.source.kind!r} cannot list its mailboxes; "
+                        f"write mailboxes.csv by hand")
+    addresses = endpoint.list_mailboxes()
+    rows = [(address, config.mapping.target_address(address) or "") for address in addresses]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(("source", "target"))
+    writer.writerows(rows)
+    try:
+        with path.open("x", encoding="utf-8", newline="") as file:
+            file.write(out.getvalue())
+    except FileExistsError:
+        raise UserError(f"{path}: already exists; not overwritten (move it away or name another file)") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot write: {exc.strerror or exc}") from None
+    unmapped = sum(1 for _source, target in rows if not target)
+    note = (f"; {unmapped} without a target ([mapping].domains has no rule for their domain): fill them in"
+            if unmapped else "")
+    click.echo(f"{path}: {len(rows)} mailboxes written{note}; review it (shared mailboxes look like any "
+               f"other) before discover --mailboxes")
     return 0

@@ -21,6 +21,11 @@ from migrator.store import inventory, work
 from migrator.store.db import translate_db_errors
 from migrator.store.records import FolderDetail
 
+# A note on a mailbox, logged with its id by the discovery that found it (the report shows those of each
+# mailbox's latest discovery); the text says what to do at cutover.
+NOTE = "discover-note"
+AUTO_REPLY_NOTE = "automatic replies are on; they keep answering from the source until cutover"
+
 
 @dataclass(frozen=True)
 class Discovered:
@@ -65,10 +70,11 @@ def discover(config: Config, engine: Engine, source: Endpoint, entries: Sequence
     with translate_db_errors(), engine.begin() as conn:
         _log_changes(conn, found)
         inventory.save_endpoint(conn, "source", config.source.kind, probe.address, sorted(probe.capabilities))
+        ids = {}
         for item in found:
             details = {path: FolderDetail(_naive_utc(s.oldest), _naive_utc(s.newest), s.to_json())
                        for path, s in item.stats.items()}
-            inventory.save_mailbox(conn, item.entry, item.folders, details)
+            ids[item.entry.source] = inventory.save_mailbox(conn, item.entry, item.folders, details)
         groups = [("group", item.entry.source, item.entry.group) for item in found if item.entry.group]
         inventory.save_dependencies(conn, groups, "mailboxes.csv")
         if dependencies:
@@ -77,8 +83,7 @@ def discover(config: Config, engine: Engine, source: Endpoint, entries: Sequence
                                            for target in item.settings.forwards_to], "source")
         for item in found:
             if item.settings.auto_reply:
-                work.log_event(conn, "discover-note", f"{item.entry.source}: automatic replies are on; they keep "
-                                                      f"answering from the source until cutover")
+                work.log_event(conn, NOTE, f"{item.entry.source}: {AUTO_REPLY_NOTE}", ids[item.entry.source])
         work.log_event(conn, "discover", f"{len(found)} mailboxes, {sum(d.messages for d in found)} messages, "
                                          f"{sum(d.size for d in found)} bytes")
     return found

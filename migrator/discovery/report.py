@@ -1,4 +1,4 @@
-"""The discovery report's data (schema `migrator.discovery/1`, docs/report-discovery.md), from the store.
+"""The discovery report's data (schema `migrator.discovery/2`, docs/report-discovery.md), from the store.
 
 A dry run: it reads the inventory saved by `discover` (and a plan's batches, DNS results, the target's
 message size limit when given) and writes nothing anywhere; the renderers in migrator.reports turn it into HTML, JSON
@@ -14,11 +14,12 @@ from typing import Any
 from sqlalchemy import Engine
 
 from migrator.config import Config
+from migrator.discovery.inventory import AUTO_REPLY_NOTE, NOTE
 from migrator.discovery.stats import SIZE_BUCKETS, FolderStats, unsupported_reason
 from migrator.store import inventory
 from migrator.store.db import translate_db_errors
 
-SCHEMA = "migrator.discovery/1"
+SCHEMA = "migrator.discovery/2"
 TOP = 20
 
 
@@ -35,6 +36,7 @@ def build(config: Config, engine: Engine, rate: tuple[float, int], *, batches: S
         records = inventory.list_mailboxes(conn)
         details = {r.id: inventory.folder_details(conn, r.id) for r in records}
         dependencies = inventory.list_dependencies(conn)
+        notes = inventory.mailbox_notes(conn, NOTE)
     years: dict[int, list[int]] = {}
     buckets: dict[str, list[int]] = {label: [0, 0] for label, _limit in SIZE_BUCKETS}
     largest: list[dict[str, Any]] = []
@@ -61,6 +63,8 @@ def build(config: Config, engine: Engine, rate: tuple[float, int], *, batches: S
         "size_buckets": [{"label": label, "messages": c[0], "bytes": c[1]} for label, c in buckets.items()],
         "largest": sorted(largest, key=lambda i: -i["bytes"])[:TOP],
         "dependencies": [{"kind": k, "source": s, "target": t} for k, s, t in dependencies],
+        "auto_replies": [{"mailbox": source, "note": message.removeprefix(f"{source}: ")}
+                         for source, message in notes if message.endswith(AUTO_REPLY_NOTE)],
         "batches": list(batches),
         "dns": list(dns),
         "warnings": warnings,

@@ -10,7 +10,7 @@ from sqlalchemy import Connection, Row, Select, delete, func, insert, select, up
 
 from migrator.model import FolderInfo, MailboxEntry
 from migrator.store.records import FolderDetail, MailboxRecord, utcnow
-from migrator.store.schema import dependency, endpoint, folder, mailbox
+from migrator.store.schema import dependency, endpoint, event, folder, mailbox
 
 
 def save_endpoint(conn: Connection, role: str, kind: str, address: str, capabilities: Sequence[str]) -> None:
@@ -74,6 +74,16 @@ def list_dependencies(conn: Connection) -> list[tuple[str, str, str]]:
     rows = conn.execute(select(dependency.c.kind, dependency.c.source, dependency.c.target).distinct()
                         .order_by(dependency.c.kind, dependency.c.source, dependency.c.target))
     return [(r.kind, r.source, r.target) for r in rows]
+
+
+def mailbox_notes(conn: Connection, kind: str) -> list[tuple[str, str]]:
+    """(mailbox, message) of the `kind` events logged on each mailbox by its latest discovery (at or after
+    its discovered_at: the same transaction), by mailbox then as logged."""
+    rows = conn.execute(select(mailbox.c.source_address, event.c.message)
+                        .join(mailbox, mailbox.c.id == event.c.mailbox_id)
+                        .where(event.c.kind == kind, event.c.at >= mailbox.c.discovered_at)
+                        .order_by(mailbox.c.source_address, event.c.id))
+    return [(r.source_address, r.message) for r in rows]
 
 
 def _record(row: Row[Any]) -> MailboxRecord:

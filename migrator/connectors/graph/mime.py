@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -242,11 +243,19 @@ def _keywords(flags: frozenset[str]) -> list[str]:
 
 
 def _references(value: str) -> str:
-    ids = [i for i in value.split() if well_formed_message_id(i)]
-    while len(ids) > 2 and len(" ".join(ids)) > _REFERENCES_LIMIT:
-        del ids[1]  # keep the thread's root and the most recent ancestors (RFC 5322 3.6.4)
-    text = " ".join(ids)
-    return text if len(text) <= _REFERENCES_LIMIT else ""
+    """The well-formed ids of a References header; when too long, the thread's root and as many of the
+    most recent ancestors as fit (RFC 5322 3.6.4)."""
+    ids = [i for i in re.findall(r"<[^<>]*>", value) if well_formed_message_id(i)]
+    if not ids or len(ids[0]) > _REFERENCES_LIMIT:
+        return ""
+    recent: list[str] = []
+    length = len(ids[0])
+    for reference in reversed(ids[1:]):
+        if length + 1 + len(reference) > _REFERENCES_LIMIT:
+            break
+        recent.append(reference)
+        length += 1 + len(reference)
+    return " ".join([ids[0], *reversed(recent)])
 
 
 def _utc(when: datetime) -> datetime:
