@@ -289,7 +289,12 @@ class ImapMailbox:
         """
         with _translated(f"{self.context} FETCH"):
             uids = sorted(u for u in self.client.search(["UID", f"{floor}:*"]) if u >= floor)
-            data: dict[int, Any] = {}
+        return self._refs(uids)
+
+    def _refs(self, uids: Sequence[int]) -> list[MessageRef]:
+        """Size, flags and date of these messages of the selected folder, in UID order."""
+        data: dict[int, Any] = {}
+        with _translated(f"{self.context} FETCH"):
             for start in range(0, len(uids), LISTING_SLICE):
                 data.update(self.client.fetch(uids[start:start + LISTING_SLICE], _LISTING))
         return sorted((MessageRef(str(uid), item[b"RFC822.SIZE"], _flags(item[b"FLAGS"]), item[b"INTERNALDATE"])
@@ -385,7 +390,28 @@ class ImapMailbox:
         return int(storage[0].usage) * 1024, int(storage[0].limit) * 1024
 
     def changes(self, folder: FolderInfo, cursor: str | None) -> FolderChanges | None:
-        return None  # CONDSTORE/QRESYNC not read yet: callers list the folder
+        """CONDSTORE (RFC 7162): the cursor is "UIDVALIDITY:HIGHESTMODSEQ". An unchanged folder costs one
+        STATUS; otherwise UID SEARCH MODSEQ names the messages changed or added since, and UID SEARCH ALL
+        what is left (expunges). Only with QRESYNC, whose servers must raise HIGHESTMODSEQ on expunge too;
+        elsewhere callers list the folder."""
+        if "QRESYNC" not in self._caps:
+            return None
+        status = self._status(folder.path, b"HIGHESTMODSEQ")
+        key, modseq = str(status[b"UIDVALIDITY"]), int(status[b"HIGHESTMODSEQ"])
+        if folder.key is not None and key != folder.key:
+            raise FolderFailed(f"{self.context} folder {folder.path!r}: UIDVALIDITY changed to {key} "
+                               f"(was {folder.key})")
+        now = f"{key}:{modseq}"
+        old_key, _, old_modseq = (cursor or "").partition(":")
+        if cursor is None or old_key != key or not old_modseq.isdigit():
+            return FolderChanges(self.list_messages(folder), [], now, complete=True)
+        if int(old_modseq) == modseq:
+            return FolderChanges([], [], now, complete=False)
+        self._select(folder, write=False)
+        with _translated(f"{self.context} SEARCH MODSEQ"):
+            changed = sorted(self.client.search(["MODSEQ", str(int(old_modseq) + 1)]))
+            remaining = frozenset(str(uid) for uid in self.client.search(["ALL"]))
+        return FolderChanges(self._refs(changed), [], now, complete=False, remaining=remaining)
 
     def cutover_settings(self) -> CutoverSettings:
         return CutoverSettings()  # forwarding lives in Sieve scripts, which IMAP does not show

@@ -167,7 +167,9 @@ def _sync_folder(ctx: RunContext, record: MailboxRecord, journal: Journal, src: 
         for messages in batches:
             journal.check_stop()
             _copy_chunk(ctx, journal, dst, folder, target, messages)
-    if cursor is not None:  # every change up to it is acted on: the next pass starts there
+    # Every change up to the cursor is acted on: the next pass starts there. Not while source deletions
+    # wait for --sync-deletes: the next pass must see them again.
+    if cursor is not None and not (actions.gone and not ctx.options.sync_deletes):
         journal.cursor(folder.path, folder.key or "", cursor, _listing_basis(ctx.config.filters))
 
 
@@ -193,6 +195,8 @@ def _source_listing(ctx: RunContext, record: MailboxRecord, src: Mailbox, folder
              if e.state in (ledger.DONE, ledger.FAILED) and e.source_key == (folder.key or "")}
     for gone in changes.removed:
         known.pop(gone, None)
+    if changes.remaining is not None:
+        known = {source_id: ref for source_id, ref in known.items() if source_id in changes.remaining}
     known.update((ref.id, ref) for ref in changes.changed)
     return list(known.values()), changes.cursor
 
