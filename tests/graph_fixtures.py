@@ -109,11 +109,14 @@ def seed_graph(graph: GraphSimulator, address: str, corpus: dict[tuple[str, ...]
     return count
 
 
-def graph_contents(graph: GraphSimulator, address: str) -> dict[str, Counter[tuple[str, frozenset[str], datetime]]]:
-    """Per folder path: (content fingerprint, flags as IMAP flags, received time) of every message."""
+def graph_contents(graph: GraphSimulator, address: str, kept_by: Capabilities | None = None
+                   ) -> dict[str, Counter[tuple[str, frozenset[str], datetime]]]:
+    """Per folder path: (content fingerprint, flags as IMAP flags — as `kept_by` can carry them, received
+    time) of every message."""
     result: dict[str, Counter[tuple[str, frozenset[str], datetime]]] = {}
     for path in graph.folders(address):
-        result[path] = Counter((content_key(graph.mime(address, m.id)), graph_flags(m), m.received)
+        result[path] = Counter((content_key(graph.mime(address, m.id)),
+                                kept_by.storable_flags(graph_flags(m)) if kept_by else graph_flags(m), m.received)
                                for m in graph.messages(address, path))
     return result
 
