@@ -148,26 +148,35 @@ class GraphMailbox:
         return folder_id
 
     def ensure_folder(self, path: str, role: Role | None) -> tuple[FolderInfo, bool]:
-        existing = {f.path: f for f in self.list_folders(sizes=False)}
-        if path in existing:
-            return existing[path], False
+        """The folder at `path`, created level by level where missing. The tree read earlier in this
+        session is trusted for folders it has; a path it lacks is looked up once more before creating."""
+        if path not in self._ids:
+            self._tree()
+        if path in self._ids:
+            return self._info(path), False
         parent = ""
         for part in path.split(SEPARATOR):
             here = f"{parent}{SEPARATOR}{part}" if parent else part
             if here not in self._ids:
-                self._create_folder(parent, part)
+                self._create_folder(parent, part, here)
             parent = here
-        created = {f.path: f for f in self.list_folders(sizes=False)}[path]
-        return created, True
+        return self._info(path), True
 
-    def _create_folder(self, parent: str, name: str) -> None:
+    def _info(self, path: str) -> FolderInfo:
+        folder_id = self._ids[path]
+        with translated(f"{self.context} folders"):
+            role = self._roles().get(folder_id)
+        return FolderInfo(path, SEPARATOR, role, folder_key(folder_id))
+
+    def _create_folder(self, parent: str, name: str, path: str) -> None:
         url = self._url(f"/mailFolders/{self._ids[parent]}/childFolders" if parent else "/mailFolders")
         try:
-            self.client.call("POST", url, self.address, json={"displayName": name})
+            created = self.client.call("POST", url, self.address, json={"displayName": name}).json()
+            self._ids[path] = str(created["id"])
         except GraphError as exc:
             if exc.code != "ErrorFolderExists":  # created by someone else meanwhile: use it
                 raise translate(exc, f"{self.context} create folder {name!r}") from None
-        self._tree()
+            self._tree()
 
     def remove_folder(self, folder: FolderInfo) -> None:
         with translated(f"{self.context} delete folder {folder.path!r}"):
