@@ -7,9 +7,11 @@ one task that is told to wait makes every task on that mailbox wait: the `Mailbo
 sessions of this process on one mailbox, and its concurrency cap keeps us under the limit instead of
 provoking 429s.
 
-Retries: a request the server refused without acting on it (429, 503, 502, 504, 401 with a stale token) is
-sent again here. A write whose outcome is unknown (connection dropped after sending) is never sent again
-blind: it surfaces as Transient and the engine settles the open intent by its tag first.
+Retries: a request the server refused without acting on it (429, 503, 401 with a stale token) is sent again
+here, and so is a read or an idempotent write (PATCH, DELETE) that got a 502 or 504. A create or an upload
+(POST, PUT) whose outcome is unknown is never sent again blind: a 502 or 504 comes from a gateway that lost the
+backend's answer, which may have applied it, and a dropped connection says nothing either; both surface as
+Transient and the engine settles the open intent by its tag first.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ MAX_RETRY_AFTER = 300.0
 IMMUTABLE_IDS = 'IdType="ImmutableId"'
 _QUOTA_CODES = {"ErrorQuotaExceeded", "ErrorQuotaExceededOnDelete", "QuotaExceeded"}
 _TOO_LARGE_CODES = {"ErrorMessageSizeExceeded", "RequestEntityTooLarge", "ErrorRequestEntityTooLarge"}
+# Writes that would make a second item if applied twice: after a 502/504 their outcome is unknown.
+_NOT_RESENT_BLIND = frozenset({"POST", "PUT"})
 _NO_MAILBOX_CODES = {"ErrorInvalidUser", "MailboxNotEnabledForRESTAPI", "ResourceNotFound", "Request_ResourceNotFound",
                      "ErrorNonExistentMailbox"}
 
@@ -122,6 +126,9 @@ class GraphClient:
                 self.tokens.invalidate(token)
                 stale_token_retried = True
                 continue
+            if response.status_code in (502, 504) and method.upper() in _NOT_RESENT_BLIND:
+                raise Transient(f"{self.describe()} {mailbox}: HTTP {response.status_code} to {method} {_path(url)}: "
+                                f"a gateway lost the answer, so whether it was applied is unknown; not sent again")
             if response.status_code in (429, 502, 503, 504):
                 gate.hold_off(_retry_after(response))
                 continue
@@ -166,6 +173,10 @@ def _retry_after(response: requests.Response) -> float:
         return 2.0
 
 
+def _path(url: str) -> str:
+    return url.split("?", 1)[0][-120:]
+
+
 def _short(exc: BaseException) -> str:
     return str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
 
@@ -190,6 +201,8 @@ def translate(exc: GraphError, context: str, *, item: bool = False) -> MigratorE
         return AuthFailed(f"{text} (check the app's Mail.ReadWrite application permission and admin consent)")
     if exc.status == 404 and exc.code in _NO_MAILBOX_CODES:
         return AuthFailed(f"{text} (no such mailbox for this app)")
+    if exc.status >= 500:  # the service failed; for a create the outcome is unknown: settle, then retry
+        return Transient(text)
     if item and exc.status == 400:
         return ItemFailed(f"{text} (refused by the server)", reason="refused")
     return FolderFailed(text)

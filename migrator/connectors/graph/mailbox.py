@@ -179,8 +179,11 @@ class GraphMailbox:
             self._tree()
 
     def remove_folder(self, folder: FolderInfo) -> None:
-        with translated(f"{self.context} delete folder {folder.path!r}"):
+        try:
             self.client.call("DELETE", self._url(f"/mailFolders/{self._folder_id(folder)}"), self.address)
+        except GraphError as exc:
+            if exc.status != 404:  # already gone (a retried DELETE whose first answer was lost) is done
+                raise translate(exc, f"{self.context} delete folder {folder.path!r}") from None
         self._ids.pop(folder.path, None)
 
     # -- messages ----------------------------------------------------------------------------------------
@@ -252,18 +255,20 @@ class GraphMailbox:
         try:
             created = self.client.call("POST", self._url(f"/mailFolders/{folder_id}/messages"), self.address,
                                        json=body).json()
-            message_id = str(created["id"])
-            if planned.uploads:
+        except GraphError as exc:
+            return _item_failure(exc, context)
+        message_id = str(created["id"])
+        if planned.uploads:
+            try:
                 for attachment in planned.uploads:
                     self._upload(message_id, attachment)
                 self.client.call("PATCH", self._url(f"/messages/{quote(message_id, safe='')}"), self.address,
                                  json={"singleValueExtendedProperties": [
                                      {"id": mime.TAG_PROPERTY, "value": message.digest}]})
-        except GraphError as exc:
-            failure = translate(exc, context, item=True)
-            if isinstance(failure, ItemFailed):
+            except GraphError as exc:
+                failure = _item_failure(exc, context)
+                self._delete_ids([message_id])  # refused for good: no incomplete copy may stay behind
                 return failure
-            raise failure from None
         return message_id
 
     def _upload(self, message_id: str, attachment: mime.UploadAttachment) -> None:
@@ -347,6 +352,14 @@ class GraphMailbox:
                            for recipient in (rule.get("actions") or {}).get(action) or []})
         status = str((settings.get("automaticRepliesSetting") or {}).get("status", "disabled"))
         return CutoverSettings(tuple(forwards), status.lower() != "disabled")
+
+
+def _item_failure(exc: GraphError, context: str) -> ItemFailed:
+    """The refusal of one message; anything that is not about the message itself stops the batch."""
+    failure = translate(exc, context, item=True)
+    if isinstance(failure, ItemFailed):
+        return failure
+    raise failure from None
 
 
 def _with_tag(message: dict[str, Any], value: str) -> dict[str, Any]:
