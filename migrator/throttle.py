@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -52,3 +53,41 @@ class Pacer:
         if delay > 0:
             self.sleep(delay)
         return delay
+
+
+@dataclass
+class WindowBudget:
+    """At most `limit` units in any `window` seconds, counted the way a service that publishes "N per window"
+    counts (Outlook: 10,000 requests per 10 minutes, 150 MB of uploads per 5 minutes, per app and mailbox):
+    a sliding window over what was sent. A token bucket with the window's worth as burst would let twice the
+    limit through one window."""
+
+    limit: float
+    window: float
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _spent: deque[tuple[float, float]] = field(default_factory=deque)
+    _total: float = 0.0
+
+    def acquire(self, amount: float) -> float:
+        """Block until `amount` fits in the window (one larger than the limit waits for an empty window);
+        returns the seconds waited."""
+        if amount <= 0:
+            return 0.0
+        with self._lock:
+            now = self.clock()
+            while self._spent and self._spent[0][0] <= now - self.window:
+                self._total -= self._spent.popleft()[1]
+            start, freed = now, 0.0
+            for stamp, spent in self._spent:
+                if self._total - freed + amount <= self.limit:
+                    break
+                freed += spent
+                start = stamp + self.window
+            start = max(start, self._spent[-1][0] if self._spent else start)
+            self._spent.append((start, amount))
+            self._total += amount
+        if start > now:
+            self.sleep(start - now)
+        return max(0.0, start - now)

@@ -36,6 +36,7 @@ import pytest
 
 from migrator.connectors.base import open_mailbox
 from migrator.connectors.graph import GraphEndpoint
+from migrator.connectors.graph import client as graph_client
 from migrator.errors import ItemFailed, Transient
 from migrator.lab.corpus import CorpusSpec, generate_corpus, load_corpus
 from migrator.lab.dovecot import DovecotServer, LabUser
@@ -257,6 +258,20 @@ def connect(cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> Connect:
         return GraphEndpoint(graph_config(tenant, secret_env=SECRET_ENV)), tenant.graph
 
     return make
+
+
+def test_request_budget_is_kept_by_pacing_not_by_429s(connect: Connect, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gate spends a window's budget at once and then paces at the window's rate: with the budget
+    scaled down to 20 requests per 2 s on both sides, 60 creates take about 4 s and draw no 429."""
+    monkeypatch.setattr(graph_client, "REQUESTS_PER_WINDOW", 20)
+    monkeypatch.setattr(graph_client, "REQUEST_WINDOW", 2)
+    endpoint, graph = connect(requests_per_window=20, request_window_seconds=2.0)
+    with open_mailbox(endpoint, LOGIN, write=True) as mailbox:
+        folder, _ = mailbox.ensure_folder("Paced", None)
+        ids = mailbox.append(folder, [mail(i) for i in range(60)])
+        assert all(isinstance(i, str) for i in ids)
+        assert len(mailbox.list_messages(folder)) == 60
+    assert graph.throttled == 0, "the budget was kept by pacing, not discovered through 429s"
 
 
 def test_503_and_502_are_retried_by_the_client_on_reads_and_writes(connect: Connect) -> None:

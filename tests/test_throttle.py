@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from migrator.config import ThrottleConfig
-from migrator.throttle import Pacer
+from migrator.throttle import Pacer, WindowBudget
 
 WINDOW = 30.0
 
@@ -111,3 +111,28 @@ def test_idle_time_does_not_bank_more_than_one_second_of_burst() -> None:
     assert waited[:20] == [0.0] * 20
     assert all(w > 0 for w in waited[20:])
     assert time.elapsed - 3600 == pytest.approx(1.0, abs=0.06)
+
+
+@pytest.mark.parametrize(("amounts", "limit"), [([1] * 3000, 1000), ([7, 300, 1, 90, 450] * 200, 2000)])
+def test_window_budget_never_exceeds_the_limit_in_any_window(amounts: list[int], limit: int) -> None:
+    """Outlook counts per sliding window: no window of that length ever holds more than the limit, and the
+    first window's worth is not slowed."""
+    time = FakeTime()
+    budget = WindowBudget(limit, 10.0, clock=time.clock, sleep=time.sleep)
+    sent: list[tuple[float, int]] = []
+    for amount in amounts:
+        budget.acquire(amount)
+        sent.append((time.now, amount))
+    for stamp, _ in sent:
+        assert sum(a for t, a in sent if stamp <= t < stamp + 10.0) <= limit
+    first_window = [a for t, a in sent if t == time.start]
+    assert sum(first_window) > limit - max(amounts), "a window's worth goes at once"
+    assert time.elapsed <= (sum(amounts) / (limit - max(amounts) + 1) + 1) * 10.0, "no window is left idle"
+
+
+def test_window_budget_lets_an_oversize_amount_through_an_empty_window() -> None:
+    time = FakeTime()
+    budget = WindowBudget(100, 5.0, clock=time.clock, sleep=time.sleep)
+    budget.acquire(60)
+    budget.acquire(500)
+    assert time.elapsed == 5.0

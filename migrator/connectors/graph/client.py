@@ -4,8 +4,8 @@ Outlook's documented limits are per app and per mailbox (https://learn.microsoft
 "Outlook service limits"): 4 concurrent requests, 10,000 requests per 10 minutes, 150 MB of uploads per
 5 minutes. A 429 carries Retry-After, and requests sent while throttled still count against the budget, so
 one task that is told to wait makes every task on that mailbox wait: the `MailboxGate` is shared by all
-sessions of this process on one mailbox, and its concurrency cap keeps us under the limit instead of
-provoking 429s.
+sessions of this process on one mailbox, and its concurrency cap and sliding-window budgets keep us under
+the limits instead of provoking 429s.
 
 Retries: a request the server refused without acting on it (429, 503, 401 with a stale token) is sent again
 here, and so is a read or an idempotent write (PATCH, DELETE) that got a 502 or 504. A create or an upload
@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from json import dumps
 from typing import Any
 from urllib.parse import quote
 
@@ -37,9 +38,12 @@ from migrator.errors import (
     Transient,
     Unreachable,
 )
+from migrator.throttle import WindowBudget
 
 DEFAULT_BASE_URL = "https://graph.microsoft.com/v1.0"
 MAILBOX_CONCURRENCY = 4
+REQUESTS_PER_WINDOW, REQUEST_WINDOW = 10_000, 600
+UPLOAD_BYTES_PER_WINDOW, UPLOAD_WINDOW = 150_000_000, 300
 MAX_WAITS = 8
 MAX_RETRY_AFTER = 300.0
 # Message ids that survive moves between folders (https://learn.microsoft.com/en-us/graph/outlook-immutable-id).
@@ -62,10 +66,14 @@ class GraphError(Exception):
 
 
 class MailboxGate:
-    """What Outlook counts per app and mailbox, shared by every task in this process on that mailbox."""
+    """What Outlook counts per app and mailbox, shared by every task in this process on that mailbox: the
+    concurrency cap, the request and upload budgets (sliding windows, so a large mailbox stays under them
+    instead of living on 429s), and the Retry-After hold."""
 
     def __init__(self) -> None:
         self.slots = threading.BoundedSemaphore(MAILBOX_CONCURRENCY)
+        self.requests = WindowBudget(REQUESTS_PER_WINDOW, _with_margin(REQUEST_WINDOW))
+        self.uploads = WindowBudget(UPLOAD_BYTES_PER_WINDOW, _with_margin(UPLOAD_WINDOW))
         self._lock = threading.Lock()
         self._not_before = 0.0
         self.throttled_seconds = 0.0
@@ -75,7 +83,10 @@ class MailboxGate:
             self._not_before = max(self._not_before, time.monotonic() + seconds)
             self.throttled_seconds += seconds
 
-    def wait_turn(self) -> None:
+    def wait_turn(self, upload_bytes: int) -> None:
+        waited = self.requests.acquire(1) + self.uploads.acquire(upload_bytes)
+        with self._lock:
+            self.throttled_seconds += waited
         while True:
             with self._lock:
                 delay = self._not_before - time.monotonic()
@@ -114,12 +125,14 @@ class GraphClient:
         """Send one request, waiting out throttling and refreshing a stale token; returns a 2xx response or
         raises GraphError (the server's refusal) or Transient (no answer)."""
         gate = self.gate(mailbox)
+        if json is not None:  # serialised here so that its size counts against the upload budget
+            data, headers = dumps(json).encode(), {"Content-Type": "application/json", **(headers or {})}
         stale_token_retried = False
         for _attempt in range(MAX_WAITS):
-            gate.wait_turn()
+            gate.wait_turn(len(data) if data and method.upper() in ("POST", "PUT") else 0)
             with gate.slots:
                 token = self.tokens.token() if authorized else None
-                response = self._send(method, url, json, data, headers, token)
+                response = self._send(method, url, data, headers, token)
             if response.status_code < 300:
                 return response
             if response.status_code == 401 and token is not None and not stale_token_retried:
@@ -136,14 +149,13 @@ class GraphClient:
         raise Throttled(f"{self.describe()} {mailbox}: still throttled after {MAX_WAITS} waits",
                         retry_after=_retry_after(response))
 
-    def _send(self, method: str, url: str, json: Any, data: bytes | None, headers: Mapping[str, str] | None,
+    def _send(self, method: str, url: str, data: bytes | None, headers: Mapping[str, str] | None,
               token: str | None) -> requests.Response:
         all_headers = {"Prefer": IMMUTABLE_IDS, **(headers or {})}
         if token is not None:
             all_headers["Authorization"] = f"Bearer {token}"
         try:
-            return self.http.request(method, url, json=json, data=data, headers=all_headers,
-                                     timeout=self.config.timeout)
+            return self.http.request(method, url, data=data, headers=all_headers, timeout=self.config.timeout)
         except requests.exceptions.SSLError as exc:
             raise Unreachable(f"{self.describe()}: TLS failed (is ca_file right?): {_short(exc)}") from None
         except requests.exceptions.ConnectionError as exc:
@@ -164,6 +176,12 @@ class GraphClient:
             page = self.get_json(next_url, mailbox)
             yield from page.get("value", [])
             next_url = page.get("@odata.nextLink")
+
+
+def _with_margin(window: float) -> float:
+    """The service stamps a request when it arrives, we when we send it: a slightly longer window keeps
+    the two counts from disagreeing at the window's edge."""
+    return window + max(0.5, 0.02 * window)
 
 
 def _retry_after(response: requests.Response) -> float:
