@@ -82,7 +82,8 @@ def test_connection_limit_means_back_off_not_failure(limited_lab: Lab) -> None:
 @pytest.fixture
 def slow_lab(dovecot: None, lab_root: Path) -> Iterator[Lab]:
     spec = CorpusSpec(messages_per_mailbox=60, large_attachments=0, include_cpython_samples=False)
-    with running_lab(lab_root, spec, config_extra="[throttle.target]\nmessages_per_second = 150\n") as lab:
+    # slow enough that a loaded CI machine cannot finish a run between two polls of start_run
+    with running_lab(lab_root, spec, config_extra="[throttle.target]\nmessages_per_second = 80\n") as lab:
         yield lab
 
 
