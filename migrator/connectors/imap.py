@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 import ssl
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -101,19 +102,28 @@ class ImapEndpoint:
         self.config = config
         # auth = "xoauth2": the app's own token opens every mailbox (Exchange Online application access).
         self.tokens = TokenSource(config, IMAP_SCOPE) if config.options.get("auth") == "xoauth2" else None
+        self._tls: ssl.SSLContext | None = None
+        self._tls_lock = threading.Lock()
 
     def _ssl_context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(cafile=str(self.config.ca_file) if self.config.ca_file else None)
-        return context
+        """One context per endpoint, made at the first TLS connection: loading the system's CA bundle
+        takes tens of milliseconds, once per session otherwise (two sessions per mailbox pass). An
+        SSLContext is safe to share between threads."""
+        with self._tls_lock:
+            if self._tls is None:
+                self._tls = ssl.create_default_context(
+                    cafile=str(self.config.ca_file) if self.config.ca_file else None)
+            return self._tls
 
     def connect(self) -> Any:
         """A connected, not yet authenticated client; raises Unreachable."""
         cfg = self.config
         try:
+            tls = self._ssl_context() if cfg.security != "none" else None
             client = imapclient.IMAPClient(cfg.host, port=cfg.port, ssl=cfg.security == "tls",
-                                           ssl_context=self._ssl_context(), timeout=cfg.timeout)
+                                           ssl_context=tls, timeout=cfg.timeout)
             if cfg.security == "starttls":
-                client.starttls(self._ssl_context())
+                client.starttls(tls)
         except (OSError, imap_errors.IMAPClientError) as exc:
             raise Unreachable(f"{cfg.describe()}: cannot connect ({cfg.security}): {exc}") from None
         client.normalise_times = False
@@ -217,6 +227,7 @@ class ImapMailbox:
         self.context = context
         self._selected: tuple[str, bool] | None = None
         self._selected_key = ""
+        self._listed: dict[str, FolderInfo] = {}  # selectable folders of this session's last list_folders
         with _translated(context):
             self._caps = frozenset(c.decode() for c in client.capabilities())
 
@@ -254,6 +265,7 @@ class ImapMailbox:
                     self._select(FolderInfo(name, separator, role, key), write=False)
                     size = sum(r.size for r in self._listing())
             folders.append(FolderInfo(name, separator, role, key, count, size, selectable))
+        self._listed = {f.path: f for f in folders if f.selectable}
         return folders
 
     def _list(self) -> list[tuple[str, str | None, Role | None, bool]]:
@@ -268,13 +280,21 @@ class ImapMailbox:
         return result
 
     def ensure_folder(self, path: str, role: Role | None) -> tuple[FolderInfo, bool]:
+        """A folder this session's list_folders saw is taken as listed (its UIDVALIDITY from that STATUS):
+        a copy pass lists the target once, then asks for every routed folder. Should the folder be recreated
+        in between, every later use of it checks the key (SELECT, STATUS, APPENDUID) and stops the folder."""
+        seen = self._listed.get(path)
+        if seen is not None and seen.key is not None:
+            return FolderInfo(path, seen.separator, seen.role, seen.key), False
         listed = {name: (separator, found_role, selectable) for name, separator, found_role, selectable in self._list()}
         separator = next((sep for sep, _r, _s in listed.values() if sep), None)
         if path in listed and listed[path][2]:
             return FolderInfo(path, listed[path][0], listed[path][1], str(self._status(path)[b"UIDVALIDITY"])), False
         with _translated(f"{self.context} CREATE {path!r}"):
             self.client.create_folder(path)
-        return FolderInfo(path, separator, role, str(self._status(path)[b"UIDVALIDITY"])), True
+        created = FolderInfo(path, separator, role, str(self._status(path)[b"UIDVALIDITY"]))
+        self._listed[path] = created
+        return created, True
 
     def _status(self, path: str, *extra: bytes) -> dict[bytes, Any]:
         with _translated(f"{self.context} STATUS {path!r}"):
@@ -421,6 +441,7 @@ class ImapMailbox:
             with _translated(f"{self.context} EXAMINE INBOX"):  # leaves the folder without CLOSE's expunge
                 self.client.select_folder("INBOX", readonly=True)
             self._selected = None  # INBOX is open now, but its key was not read: select it anew when asked
+        self._listed.pop(folder.path, None)
         with _translated(f"{self.context} DELETE {folder.path!r}"):
             self.client.delete_folder(folder.path)
 

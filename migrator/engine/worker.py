@@ -25,9 +25,9 @@ from migrator.engine.mapping import FolderRoute, route_folders
 from migrator.engine.prefetch import Prefetcher
 from migrator.engine.recovery import adopt_renamed_folders, check_source_key
 from migrator.errors import FolderFailed, ItemFailed, Throttled, Transient
-from migrator.model import CopyTag, FolderInfo, Login, MailboxEntry, MessageRef, RawMessage
+from migrator.model import CopyTag, FolderChanges, FolderInfo, Login, MailboxEntry, MessageRef, RawMessage
 from migrator.store import ledger
-from migrator.store.db import translate_db_errors
+from migrator.store.db import reading
 from migrator.store.records import LedgerEntry, MailboxRecord, PendingCopy, TargetFolderRecord
 from migrator.throttle import Pacer
 
@@ -102,19 +102,26 @@ def _copy_mailbox(ctx: RunContext, record: MailboxRecord, journal: Journal, src:
     separator = next((f.separator for f in target_folders if f.separator), None)
     routes = route_folders(source_folders, target_folders, separator, ctx.config.mapping.folders,
                            ctx.config.filters.exclude_folders)
-    with translate_db_errors(), ctx.engine.connect() as conn:
+    source_paths = {f.path for f in source_folders}
+    with reading(ctx.engine) as conn:
         known_targets = ledger.target_folders(conn, record.id)
-        history: dict[str, list[LedgerEntry]] = {}
-        for entry in ledger.mailbox_entries(conn, record.id):
-            history.setdefault(entry.source_folder, []).append(entry)
-    routes = adopt_renamed_folders(src, journal, {f.path for f in source_folders}, routes, history)
+        states = ledger.folder_states(conn, record.id)
+        # adopt_renamed_folders reads the rows of folders the source no longer shows (rename candidates);
+        # of the others it needs only to know that the ledger has them. Their rows are read per folder
+        # below, and only where the pass needs them.
+        history: dict[str, Sequence[LedgerEntry]] = {
+            path: () if path in source_paths else ledger.folder_entries(conn, record.id, path) for path in states}
+    routes = adopt_renamed_folders(src, journal, source_paths, routes, history)
+    if not states.keys() <= source_paths:  # folders vanished: the rows of a renamed one now carry its new name
+        with reading(ctx.engine) as conn:
+            states = ledger.folder_states(conn, record.id)
     existing = {f.path for f in target_folders}
     problems = []
     for route in routes:
         journal.check_stop()
         try:
             target = _target_folder(dst, route, known_targets, existing, journal)
-            _sync_folder(ctx, record, journal, src, dst, route.source, target)
+            _sync_folder(ctx, record, journal, src, dst, route.source, target, states.get(route.source.path, {}))
         except FolderFailed as exc:
             journal.event("folder-failed", str(exc))
             problems.append(str(exc))
@@ -140,22 +147,43 @@ def _target_folder(dst: Mailbox, route: FolderRoute, known: Mapping[str, TargetF
 
 
 def _entries(ctx: RunContext, record: MailboxRecord, folder: FolderInfo) -> list[LedgerEntry]:
-    with translate_db_errors(), ctx.engine.connect() as conn:
+    with reading(ctx.engine) as conn:
         return ledger.folder_entries(conn, record.id, folder.path)
 
 
 def _sync_folder(ctx: RunContext, record: MailboxRecord, journal: Journal, src: Mailbox, dst: Mailbox,
-                 folder: FolderInfo, target: FolderInfo) -> None:
-    entries = _entries(ctx, record, folder)
-    intents = [entry for entry in entries if entry.state == ledger.INTENT]
-    if intents:
-        settle_intents(ctx, record, journal, dst, target, intents)
+                 folder: FolderInfo, target: FolderInfo, states: Mapping[tuple[str, str], int]) -> None:
+    """`states` counts the folder's ledger rows per (source key, state) as the pass began. A folder with
+    no open intent and no row of another UIDVALIDITY needs no row to settle or check; if the source then
+    says nothing changed since the cursor the last pass kept, the ledger already holds everything that
+    pass acted on and none of its rows is read."""
+    entries: list[LedgerEntry] | None = None
+    if any(state == ledger.INTENT or (key != folder.key and state != ledger.REMOVED) for key, state in states):
         entries = _entries(ctx, record, folder)
-    if check_source_key(src, journal, folder, entries, folder.path in ctx.options.rematch_folders):
-        entries = _entries(ctx, record, folder)
-    listing, cursor = _source_listing(ctx, record, src, folder, entries)
+        intents = [entry for entry in entries if entry.state == ledger.INTENT]
+        if intents:
+            settle_intents(ctx, record, journal, dst, target, intents)
+            entries = _entries(ctx, record, folder)
+        if check_source_key(src, journal, folder, entries, folder.path in ctx.options.rematch_folders):
+            entries = _entries(ctx, record, folder)
+    with reading(ctx.engine) as conn:
+        kept = ledger.read_cursor(conn, record.id, folder.path, folder.key or "", _listing_basis(ctx.config.filters))
+    changes = src.changes(folder, kept)
+    if entries is None and changes is not None and _unchanged(changes):
+        ctx.progress.add(still_failed=states.get((folder.key or "", ledger.FAILED), 0))
+        if changes.cursor != kept:  # an endpoint whose cursor moves on even when nothing changed (Graph)
+            journal.cursor(folder.path, folder.key or "", changes.cursor, _listing_basis(ctx.config.filters))
+        return
+    if entries is None and changes is not None and not changes.complete:
+        listing, entries, failed_unchanged = _changed_only(ctx, record, folder, changes)
+        cursor: str | None = changes.cursor
+    else:
+        if entries is None:
+            entries = _entries(ctx, record, folder)
+        listing, cursor = _source_listing(src, folder, entries, changes)
+        failed_unchanged = 0
     actions = diff.plan_folder(listing, entries, ctx.config.filters)
-    ctx.progress.add(still_failed=actions.failed_before)
+    ctx.progress.add(still_failed=actions.failed_before + failed_unchanged)
     if actions.gone:
         _source_deletions(ctx, journal, dst, folder, target, actions.gone)
     if actions.flag_updates:
@@ -169,7 +197,7 @@ def _sync_folder(ctx: RunContext, record: MailboxRecord, journal: Journal, src: 
             _copy_chunk(ctx, journal, dst, folder, target, messages)
     # Every change up to the cursor is acted on: the next pass starts there. Not while source deletions
     # wait for --sync-deletes: the next pass must see them again.
-    if cursor is not None and not (actions.gone and not ctx.options.sync_deletes):
+    if cursor is not None and cursor != kept and not (actions.gone and not ctx.options.sync_deletes):
         journal.cursor(folder.path, folder.key or "", cursor, _listing_basis(ctx.config.filters))
 
 
@@ -179,14 +207,17 @@ def _listing_basis(filters: FilterConfig) -> str:
     return hashlib.sha256(f"{filters.before}|{filters.after}".encode()).hexdigest()[:32]
 
 
-def _source_listing(ctx: RunContext, record: MailboxRecord, src: Mailbox, folder: FolderInfo,
-                    entries: Sequence[LedgerEntry]) -> tuple[list[MessageRef], str | None]:
-    """The folder's messages, and the cursor to keep after acting on them. Where the source can say what
-    changed since the cursor the last pass kept, only that is read and the rest is what the ledger knows
-    (copied or refused messages, with the flags they were last given); otherwise the folder is listed."""
-    with translate_db_errors(), ctx.engine.connect() as conn:
-        kept = ledger.read_cursor(conn, record.id, folder.path, folder.key or "", _listing_basis(ctx.config.filters))
-    changes = src.changes(folder, kept)
+def _unchanged(changes: FolderChanges) -> bool:
+    """Nothing new, changed or gone since the cursor the last pass kept."""
+    return not changes.complete and not changes.changed and not changes.removed and changes.remaining is None
+
+
+def _source_listing(src: Mailbox, folder: FolderInfo, entries: Sequence[LedgerEntry],
+                    changes: FolderChanges | None) -> tuple[list[MessageRef], str | None]:
+    """The folder's messages, and the cursor to keep after acting on them. Where the source said what
+    changed since the cursor the last pass kept (`changes`), only that was read and the rest is what the
+    ledger knows (copied or refused messages, with the flags they were last given); otherwise the folder
+    is listed."""
     if changes is None:
         return src.list_messages(folder), None
     if changes.complete:
@@ -199,6 +230,29 @@ def _source_listing(ctx: RunContext, record: MailboxRecord, src: Mailbox, folder
         known = {source_id: ref for source_id, ref in known.items() if source_id in changes.remaining}
     known.update((ref.id, ref) for ref in changes.changed)
     return list(known.values()), changes.cursor
+
+
+def _changed_only(ctx: RunContext, record: MailboxRecord, folder: FolderInfo,
+                  changes: FolderChanges) -> tuple[list[MessageRef], list[LedgerEntry], int]:
+    """What diff.plan_folder needs to act on what changed since the last pass, without every row of the
+    folder: the changed messages as the listing, and as the rows theirs and those of copies whose source
+    message is gone. The same actions as _source_listing's listing against every row (whose other
+    messages are the ledger's own rows, so they ask for nothing), read at a fraction of the cost. Also how
+    many messages refused earlier are still on the source unchanged: plan_folder counts those only when it
+    sees them. For a folder with no open intent (diff.plan_folder refuses to plan one)."""
+    key = folder.key or ""
+    changed = {ref.id for ref in changes.changed}
+    removed = set(changes.removed)
+    with reading(ctx.engine) as conn:
+        index = ledger.folder_index(conn, record.id, folder.path)
+        # the messages _source_listing would list from the ledger, as it keys them
+        present = {sid for sid, row_key, state in index if state in (ledger.DONE, ledger.FAILED) and row_key == key
+                   and sid not in removed and (changes.remaining is None or sid in changes.remaining)}
+        gone = {sid for sid, _key, state in index if state == ledger.DONE and sid not in present and sid not in changed}
+        entries = ledger.folder_entries(conn, record.id, folder.path, changed | gone)
+    last = {sid: state for sid, _key, state in index}  # id order: plan_folder goes by a source id's last row
+    failed = sum(1 for sid in present - changed if last[sid] == ledger.FAILED)
+    return changes.changed, entries, failed
 
 
 def _known_ref(entry: LedgerEntry) -> MessageRef:
@@ -232,7 +286,7 @@ def settle_intents(ctx: RunContext, record: MailboxRecord, journal: Journal, dst
         watermarks = [int(e.watermark) for e in group if e.watermark and e.watermark.isdigit()]
         since = str(min(watermarks)) if len(watermarks) == len(group) else None
         found = dst.find_tagged(folder, [CopyTag(e.digest, e.size) for e in group], since)
-        with translate_db_errors(), ctx.engine.connect() as conn:
+        with reading(ctx.engine) as conn:
             claimed = ledger.claimed_target_ids(conn, record.id, path, folder.key)
         outcome = diff.settle(group, found, claimed)
         size = sum(e.size for e in group if e.id in outcome.done) if count_as_copied else 0
