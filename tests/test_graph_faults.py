@@ -181,6 +181,7 @@ def test_throttled_run_completes_exactly_and_never_exceeds_mailbox_concurrency(
     assert f"copied {source_messages(source)} messages" in out, out
     assert tenant.graph.throttled > 0 and refusals["request rate"] > 0, "the budget was never reached"
     assert refusals["MailboxConcurrency"] == 0, refusals
+    assert "waited for throttling (not a failure)" in out, "the waits are counted as throttled"
     assert_exact(source, tenant)
     assert {job["state"] for job in jobs(project).values()} == {"done"}
     assert all(job["failed_items"] == 0 and job["error"] is None for job in jobs(project).values())

@@ -87,7 +87,8 @@ def run_command(plan_path: Path, stage: str, batches: tuple[str, ...], workers: 
                f"messages ({c.bytes / 1e6:.1f} MB) in {progress.elapsed():.1f}s "
                f"({c.messages / progress.elapsed():.0f} msg/s, {c.bytes / 1e6 / progress.elapsed():.1f} MB/s), "
                f"{c.flag_updates} flag updates, {c.deleted} deletions, {c.failed} items failed"
-               + (f", {c.still_failed} failed in earlier passes" if c.still_failed else ""))
+               + (f", {c.still_failed} failed in earlier passes" if c.still_failed else "")
+               + (f"; {c.throttled_seconds:.1f}s waited for throttling (not a failure)" if c.throttled_seconds else ""))
     for problem in summary.problems:
         click.echo(f"  problem: {problem}", err=True)
     if summary.interrupted:

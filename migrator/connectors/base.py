@@ -89,6 +89,11 @@ class Mailbox(Protocol):
         scripts are not visible through IMAP)."""
         ...
 
+    def throttled_seconds(self) -> float:
+        """Seconds this session waited inside requests for the server's throttling (Graph's 429s and
+        budgets); throttling that surfaces as Throttled is counted by the caller instead."""
+        ...
+
     def delete(self, folder: FolderInfo, ids: Sequence[str]) -> None:
         """Remove messages by id (rollback and --sync-deletes only); ids already gone are no error."""
         ...
@@ -151,6 +156,9 @@ class ReadOnlyMailbox:
 
     def cutover_settings(self) -> CutoverSettings:
         return self._inner.cutover_settings()
+
+    def throttled_seconds(self) -> float:
+        return self._inner.throttled_seconds()
 
     def _refuse(self, operation: str) -> StateError:
         return StateError(f"refused to {operation} on a read-only session (the source is never modified)")

@@ -433,6 +433,9 @@ class ImapMailbox:
             remaining = frozenset(str(uid) for uid in self.client.search(["ALL"]))
         return FolderChanges(self._refs(changed), [], now, complete=False, remaining=remaining)
 
+    def throttled_seconds(self) -> float:
+        return 0.0  # IMAP throttling ([THROTTLED], connection limits) surfaces as Throttled to the caller
+
     def cutover_settings(self) -> CutoverSettings:
         return CutoverSettings()  # forwarding lives in Sieve scripts, which IMAP does not show
 

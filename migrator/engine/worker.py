@@ -76,7 +76,10 @@ def run_mailbox_pass(ctx: RunContext, record: MailboxRecord, journal: Journal) -
         try:
             with open_mailbox(ctx.source, source_login, write=False) as src, \
                     open_mailbox(ctx.target, target_login, write=True) as dst:
-                return _copy_mailbox(ctx, record, journal, src, dst)
+                try:
+                    return _copy_mailbox(ctx, record, journal, src, dst)
+                finally:
+                    _count_server_waits(ctx, journal, src, dst)
         except Throttled as exc:
             if attempt == MAX_ATTEMPTS:
                 raise
@@ -90,6 +93,14 @@ def run_mailbox_pass(ctx: RunContext, record: MailboxRecord, journal: Journal) -
             _sleep_unless_stopped(ctx.stop, min(30.0, 0.5 * 2**attempt))
         journal.check_stop()
     raise AssertionError("unreachable")
+
+
+def _count_server_waits(ctx: RunContext, journal: Journal, src: Mailbox, dst: Mailbox) -> None:
+    """Waits the connectors spent inside requests (Graph's 429s and budgets): throttled, not failed."""
+    waited = src.throttled_seconds() + dst.throttled_seconds()
+    if waited > 0:
+        ctx.progress.add(throttled=waited)
+        journal.event("throttled", f"waited {waited:.1f} s for the servers' throttling (source and target)")
 
 
 def _sleep_unless_stopped(stop: threading.Event, seconds: float) -> None:

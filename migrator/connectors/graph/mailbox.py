@@ -67,6 +67,7 @@ class GraphMailbox:
         self._ids: dict[str, str] = {}  # folder path -> Graph id
         self._role_ids: dict[str, Role] | None = None  # Graph id -> role, read once a session
         self._pool = ThreadPoolExecutor(max_workers=MAILBOX_CONCURRENCY, thread_name_prefix="graph")
+        self._waited_before = client.gate(address).throttled_seconds
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -334,6 +335,9 @@ class GraphMailbox:
                 if exc.status != 404:  # already gone is what we wanted
                     raise
         self._parallel(remove, ids)
+
+    def throttled_seconds(self) -> float:
+        return self.client.gate(self.address).throttled_seconds - self._waited_before
 
     def quota(self) -> tuple[int, int] | None:
         return None  # Graph has no per-mailbox quota read for app-only access outside usage reports
