@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import ssl
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -31,9 +33,14 @@ ADMIN = LabUser("admin", "admin-pw")
 
 
 @pytest.fixture(scope="module")
-def lab_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def lab_root() -> Iterator[Path]:
+    """Outside pytest's tmp tree, whose root another pytest session resets to mode 0700 (see
+    tests/imap_fixtures.lab_root): Dovecot's unprivileged processes must traverse it."""
     ensure_dovecot_installed()
-    return tmp_path_factory.mktemp("lab")
+    root = Path(tempfile.mkdtemp(prefix="migrator-lab-"))
+    root.chmod(0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
