@@ -110,8 +110,11 @@ def test_imap_to_graph_copies_verifies_and_rolls_back(imap_source: DovecotServer
     assert "content fingerprint" in verify.stdout
     again = project.run()
     assert "copied 0 messages" in again, again
+    verbose = project.migrator("-v", "run", "plans/wave1.yaml", "--stage", "delta")
     dump = (project.project / "migrator.db").read_bytes() + out.encode() + verify.stdout.encode()
+    dump += (verbose.stdout + verbose.stderr).encode()
     assert tenant.secret.encode() not in dump
+    assert b"Bearer" not in dump and b"eyJ" not in dump, "no access token in the store or the -v log"
     messages = sum(sum(c.values()) for u in USERS for c in imap_contents(imap_source, u).values())
     print(f"Graph requests per migrated message: {copy_requests / messages:.2f} for the copy, "
           f"{sum(tenant.graph.requests.values()) / messages:.2f} with a no-op pass and verify --deep; "

@@ -31,8 +31,10 @@ def cli(verbose: bool) -> None:
     """Crash-safe email migration: discover, plan, run, verify."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # imapclient's debug log shows AUTHENTICATE payloads, which carry passwords: never below INFO
-    logging.getLogger("imapclient").setLevel(logging.INFO if verbose else logging.WARNING)
+    # Never below INFO for these: imapclient's debug log shows AUTHENTICATE payloads (passwords, XOAUTH2
+    # tokens), urllib3's shows request URLs (Graph upload URLs carry an auth token), msal's token traffic.
+    for name in ("imapclient", "urllib3", "msal"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 for command in (init_command, db_group, check_command, discover_command, plan_group, run_command, status_command,
