@@ -101,13 +101,13 @@ def verify_mailbox(config: Config, source: Endpoint, target: Endpoint, logins: t
         for route in routes:
             folder_entries = [e for e in entries if e.source_folder == route.source.path]
             check.folders.append(_verify_folder(config, src, dst, route.source, route.target_path,
-                                                target_folders, folder_entries, rules if deep else None))
+                                                target_folders, folder_entries, rules, deep))
     return check
 
 
 def _verify_folder(config: Config, src: Mailbox, dst: Mailbox, folder: FolderInfo, target_path: str,
-                   target_folders: dict[str, FolderInfo], entries: Sequence[LedgerEntry],
-                   deep: _Rules | None) -> FolderCheck:
+                   target_folders: dict[str, FolderInfo], entries: Sequence[LedgerEntry], rules: _Rules,
+                   deep: bool) -> FolderCheck:
     check = FolderCheck(folder.path, target_path)
     listing = [ref for ref in src.list_messages(folder) if passes_filters(ref, config.filters)]
     check.source_messages = len(listing)
@@ -127,22 +127,22 @@ def _verify_folder(config: Config, src: Mailbox, dst: Mailbox, folder: FolderInf
         if entry is None or entry.state != DONE or copy is None:
             check.missing.append(f"UID {ref.id}")
             continue
-        problem = _compare(ref, copy, dst.capabilities(), src.capabilities().preserves_bytes)
+        problem = _compare(ref, copy, rules)
         if problem:
             check.differs.append(f"UID {ref.id} -> {entry.target_folder} UID {copy.id}: {problem}")
         else:
             pairs.append((ref, entry, copy))
-    content_differs = _deep_compare(src, dst, folder, target_folders, pairs, check, deep) if deep else 0
+    content_differs = _deep_compare(src, dst, folder, target_folders, pairs, check, rules) if deep else 0
     check.verified = len(pairs) - content_differs
     ours = {e.target_id for e in entries if e.target_folder == target_path and e.target_id}
     check.extra = len(set(target_listings.get(target_path, {})) - ours)
     return check
 
 
-def _compare(ref: MessageRef, copy: MessageRef, target: Capabilities, source_sizes_exact: bool) -> str | None:
-    if source_sizes_exact and target.preserves_bytes and ref.size != copy.size:
+def _compare(ref: MessageRef, copy: MessageRef, rules: _Rules) -> str | None:
+    if rules.exact_bytes and ref.size != copy.size:
         return f"size {ref.size} != {copy.size}"
-    expected = target.storable_flags(ref.flags)
+    expected = rules.target.storable_flags(ref.flags)
     if expected != copy.flags:
         return f"flags {sorted(expected)} != {sorted(copy.flags)}"
     if ref.internal_date != copy.internal_date:

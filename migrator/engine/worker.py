@@ -177,13 +177,14 @@ def _sync_folder(ctx: RunContext, record: MailboxRecord, journal: Journal, src: 
             entries = _entries(ctx, record, folder)
         if check_source_key(src, journal, folder, entries, folder.path in ctx.options.rematch_folders):
             entries = _entries(ctx, record, folder)
+    key, basis = folder.key or "", _listing_basis(ctx.config.filters)
     with reading(ctx.engine) as conn:
-        kept = ledger.read_cursor(conn, record.id, folder.path, folder.key or "", _listing_basis(ctx.config.filters))
+        kept = ledger.read_cursor(conn, record.id, folder.path, key, basis)
     changes = src.changes(folder, kept)
     if entries is None and changes is not None and _unchanged(changes):
-        ctx.progress.add(still_failed=states.get((folder.key or "", ledger.FAILED), 0))
+        ctx.progress.add(still_failed=states.get((key, ledger.FAILED), 0))
         if changes.cursor != kept:  # an endpoint whose cursor moves on even when nothing changed (Graph)
-            journal.cursor(folder.path, folder.key or "", changes.cursor, _listing_basis(ctx.config.filters))
+            journal.cursor(folder.path, key, changes.cursor, basis)
         return
     if entries is None and changes is not None and not changes.complete:
         listing, entries, failed_unchanged = _changed_only(ctx, record, folder, changes)
@@ -209,7 +210,7 @@ def _sync_folder(ctx: RunContext, record: MailboxRecord, journal: Journal, src: 
     # Every change up to the cursor is acted on: the next pass starts there. Not while source deletions
     # wait for --sync-deletes: the next pass must see them again.
     if cursor is not None and cursor != kept and not (actions.gone and not ctx.options.sync_deletes):
-        journal.cursor(folder.path, folder.key or "", cursor, _listing_basis(ctx.config.filters))
+        journal.cursor(folder.path, key, cursor, basis)
 
 
 def _listing_basis(filters: FilterConfig) -> str:

@@ -24,6 +24,7 @@ from urllib.parse import quote
 from migrator.connectors.graph import mime
 from migrator.connectors.graph.client import MAILBOX_CONCURRENCY, GraphClient, GraphError, translate, translated
 from migrator.errors import FolderFailed, ItemFailed, StateError
+from migrator.fingerprint import Attachment
 from migrator.model import (
     Capabilities,
     CopyTag,
@@ -272,7 +273,7 @@ class GraphMailbox:
                 return failure
         return message_id
 
-    def _upload(self, message_id: str, attachment: mime.UploadAttachment) -> None:
+    def _upload(self, message_id: str, attachment: Attachment) -> None:
         """An attachment added after the create: one POST under 3 MB, else an upload session of ordered
         chunks to a pre-authenticated URL (https://learn.microsoft.com/en-us/graph/outlook-large-attachments)."""
         attachments = self._url(f"/messages/{quote(message_id, safe='')}/attachments")

@@ -46,7 +46,7 @@ import base64
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -64,7 +64,6 @@ __all__ = [
     "SUBMIT_TIME_PROPERTY",
     "TAG_PROPERTY",
     "GraphImport",
-    "UploadAttachment",
     "flag_update",
     "flags_from_graph",
     "to_graph_import",
@@ -88,23 +87,12 @@ _FILE_ATTACHMENT = "#microsoft.graph.fileAttachment"
 
 
 @dataclass(frozen=True)
-class UploadAttachment:
-    """An attachment too large for the creating request: it goes through an upload session afterwards."""
-
-    name: str
-    content_type: str
-    data: bytes = field(repr=False)
-    is_inline: bool
-    content_id: str | None
-
-
-@dataclass(frozen=True)
 class GraphImport:
     """The creating request's JSON (attachments that fit included) and the attachments to upload after it,
     largest first."""
 
     message: dict[str, Any]
-    uploads: tuple[UploadAttachment, ...]
+    uploads: tuple[Attachment, ...]
 
 
 def to_graph_import(
@@ -145,7 +133,7 @@ def to_graph_import(
     while inline and _size(message) > budget:  # not expected: the arithmetic above is exact
         inline.discard(max(inline, key=lambda i: sizes[i]))
         place()
-    uploads = [_upload(a) for index, a in enumerate(content.attachments) if index not in inline]
+    uploads = [a for index, a in enumerate(content.attachments) if index not in inline]
     uploads.sort(key=lambda u: len(u.data), reverse=True)
     return GraphImport(message, tuple(uploads))
 
@@ -284,7 +272,7 @@ def _property_key(text: str) -> tuple[str, ...]:
     return tuple(part.lower() for part in parts)
 
 
-def file_attachment(attachment: Attachment | UploadAttachment) -> dict[str, Any]:
+def file_attachment(attachment: Attachment) -> dict[str, Any]:
     """A fileAttachment JSON, for the creating request or a POST to the message's attachments."""
     item: dict[str, Any] = {
         "@odata.type": _FILE_ATTACHMENT,
@@ -296,11 +284,6 @@ def file_attachment(attachment: Attachment | UploadAttachment) -> dict[str, Any]
     if attachment.content_id:
         item["contentId"] = attachment.content_id
     return item
-
-
-def _upload(attachment: Attachment) -> UploadAttachment:
-    return UploadAttachment(attachment.name, attachment.content_type, attachment.data, attachment.is_inline,
-                            attachment.content_id)
 
 
 def _size(message: Mapping[str, Any]) -> int:
