@@ -26,7 +26,7 @@ KILLS = 12
 @pytest.fixture
 def big_lab(dovecot: None, lab_root: Path) -> Iterator[Lab]:
     with running_lab(lab_root, CorpusSpec(messages_per_mailbox=250, large_attachments=2),
-                     config_extra="[throttle.target]\nmessages_per_second = 250\n") as lab:
+                     config_extra="[throttle.target]\nmessages_per_second = 150\n") as lab:
         yield lab
 
 
