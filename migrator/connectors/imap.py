@@ -16,7 +16,8 @@ import ssl
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from typing import Any
+from functools import lru_cache
+from typing import Any, TypeVar
 
 import imapclient
 from imapclient import exceptions as imap_errors
@@ -24,6 +25,7 @@ from imapclient.datetime_util import datetime_to_INTERNALDATE
 from imapclient.imapclient import _literal
 
 from migrator.config import EndpointConfig
+from migrator.connectors import imap_fetch
 from migrator.connectors.base import Probe
 from migrator.connectors.msauth import IMAP_SCOPE, TokenSource
 from migrator.errors import (
@@ -52,7 +54,8 @@ from migrator.model import (
 _ROLE_FLAGS = {b"\\Sent": Role.SENT, b"\\Drafts": Role.DRAFTS, b"\\Trash": Role.TRASH, b"\\Junk": Role.JUNK,
                b"\\Archive": Role.ARCHIVE}
 _UNSELECTABLE = {b"\\Noselect", b"\\NonExistent"}
-_LISTING = [b"UID", b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE"]
+_LISTING = b"(UID FLAGS INTERNALDATE RFC822.SIZE)"
+T = TypeVar("T")
 _APPENDUID = re.compile(rb"\[APPENDUID (\d+) ([0-9:,]+)\]")
 _BACKOFF = re.compile(rb"Suggested Backoff Time: (\d+) milliseconds", re.IGNORECASE)
 FETCH_CHUNK = 200
@@ -127,6 +130,11 @@ class ImapEndpoint:
         except (OSError, imap_errors.IMAPClientError) as exc:
             raise Unreachable(f"{cfg.describe()}: cannot connect ({cfg.security}): {exc}") from None
         client.normalise_times = False
+        # imapclient turns imaplib's protocol trace on (debug = 5) to feed its own logger, and imaplib then
+        # formats every response, whole message bodies included, into a string the logger drops unless it
+        # logs at DEBUG (which it never does here: see cli's -v). That formatting was 40 % of the CPU of a
+        # copy pass; without the trace nothing protocol-level is logged, which also keeps secrets out.
+        client._imap.debug = 0
         return client
 
     def _admin_secret(self) -> str:
@@ -215,7 +223,9 @@ def _storable(flags: frozenset[str]) -> frozenset[str]:
     return Capabilities().storable_flags(flags)
 
 
-def _flags(raw: Sequence[bytes]) -> frozenset[str]:
+@lru_cache(maxsize=4096)
+def _flags(raw: tuple[bytes, ...]) -> frozenset[str]:
+    """Cached: a folder has few distinct flag lists."""
     return frozenset(f.decode("utf-8", "replace") for f in raw if f != b"\\Recent")
 
 
@@ -313,12 +323,19 @@ class ImapMailbox:
 
     def _refs(self, uids: Sequence[int]) -> list[MessageRef]:
         """Size, flags and date of these messages of the selected folder, in UID order."""
-        data: dict[int, Any] = {}
+        data: imap_fetch.Listing = {}
+        for start in range(0, len(uids), LISTING_SLICE):
+            data.update(self._uid_fetch(uids[start:start + LISTING_SLICE], _LISTING, imap_fetch.parse_listing))
+        asked = set(uids)  # the server may add unsolicited replies for other messages
+        return [MessageRef(str(uid), size, _flags(flags), date)
+                for uid, (size, flags, date) in sorted(data.items()) if uid in asked]
+
+    def _uid_fetch(self, uids: Sequence[int], items: bytes, parse: Callable[[list[Any]], T]) -> T:
+        """One UID FETCH, its untagged replies read by `parse` (see imap_fetch)."""
         with _translated(f"{self.context} FETCH"):
-            for start in range(0, len(uids), LISTING_SLICE):
-                data.update(self.client.fetch(uids[start:start + LISTING_SLICE], _LISTING))
-        return sorted((MessageRef(str(uid), item[b"RFC822.SIZE"], _flags(item[b"FLAGS"]), item[b"INTERNALDATE"])
-                       for uid, item in data.items()), key=lambda ref: int(ref.id))
+            data: list[Any] = self.client._command_and_check("fetch", imap_fetch.uid_set(sorted(uids)), items,
+                                                             uid=True) if uids else []
+            return parse([item for item in data if item is not None])
 
     def list_messages(self, folder: FolderInfo) -> list[MessageRef]:
         self._select(folder, write=False)
@@ -327,12 +344,11 @@ class ImapMailbox:
     def fetch(self, folder: FolderInfo, refs: Sequence[MessageRef]) -> Iterator[RawMessage]:
         self._select(folder, write=False)
         by_uid = {int(ref.id): ref for ref in refs}
-        with _translated(f"{self.context} FETCH BODY"):
-            data = self.client.fetch(sorted(by_uid), [b"BODY.PEEK[]"])
+        data = self._uid_fetch(list(by_uid), b"(BODY.PEEK[])", imap_fetch.parse_bodies)
         for uid in sorted(by_uid):
             if uid not in data:
                 raise FolderFailed(f"{self.context} folder {folder.path!r}: message UID {uid} vanished while copying")
-            yield RawMessage(by_uid[uid], data[uid][b"BODY[]"])
+            yield RawMessage(by_uid[uid], data[uid])
 
     def watermark(self, folder: FolderInfo) -> str | None:
         status = self._status(folder.path)
