@@ -6,6 +6,7 @@ import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from functools import cached_property
 
 
 class Role(StrEnum):
@@ -115,8 +116,10 @@ class RawMessage:
     ref: MessageRef
     body: bytes = field(repr=False)
 
-    @property
+    @cached_property
     def digest(self) -> str:
+        """Computed once, by the fetching thread (the prefetcher asks for it), in parallel with the APPEND
+        of the batch before: hashlib lets go of the GIL while it hashes."""
         return hashlib.sha256(self.body).hexdigest()
 
 

@@ -42,7 +42,10 @@ class Prefetcher:
                 if self._cancel.is_set():
                     return
                 self._before_fetch(chunk)
-                if not self._put(list(self._src.fetch(self._folder, chunk))):
+                batch = list(self._src.fetch(self._folder, chunk))
+                for message in batch:
+                    _ = message.digest  # hashed here, while the caller appends the previous batch
+                if not self._put(batch):
                     return
             self._put(_DONE)
         except BaseException as exc:  # handed to the caller, who decides; nothing is swallowed

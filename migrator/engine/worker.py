@@ -21,18 +21,19 @@ from migrator.config import Config, FilterConfig
 from migrator.connectors.base import Endpoint, Mailbox, open_mailbox
 from migrator.engine import diff
 from migrator.engine.checkpoint import CrashHook, Journal
+from migrator.engine.copier import FolderCopier
 from migrator.engine.mapping import FolderRoute, route_folders
 from migrator.engine.prefetch import Prefetcher
 from migrator.engine.recovery import adopt_renamed_folders, check_source_key
-from migrator.errors import FolderFailed, ItemFailed, Throttled, Transient
-from migrator.model import CopyTag, FolderChanges, FolderInfo, Login, MailboxEntry, MessageRef, RawMessage
+from migrator.errors import FolderFailed, Throttled, Transient
+from migrator.model import CopyTag, FolderChanges, FolderInfo, Login, MailboxEntry, MessageRef
 from migrator.store import ledger
 from migrator.store.db import reading
-from migrator.store.records import LedgerEntry, MailboxRecord, PendingCopy, TargetFolderRecord
+from migrator.store.records import LedgerEntry, MailboxRecord, TargetFolderRecord
 from migrator.throttle import Pacer
 
-CHUNK_MESSAGES = 50
-CHUNK_BYTES = 16 * 2**20
+CHUNK_MESSAGES = 200
+CHUNK_BYTES = 8 * 2**20
 MAX_ATTEMPTS = 5
 
 
@@ -203,10 +204,10 @@ def _sync_folder(ctx: RunContext, record: MailboxRecord, journal: Journal, src: 
         journal.flags({lid: flags for lid, (_tid, flags) in actions.flag_updates.items()})
         ctx.progress.add(flag_updates=len(actions.flag_updates))
     chunks = diff.chunk_refs(actions.copy, CHUNK_MESSAGES, CHUNK_BYTES)
-    with Prefetcher(src, folder, chunks, lambda chunk: _pace_source(ctx, chunk)) as batches:
+    with Prefetcher(src, folder, chunks, lambda chunk: _pace_source(ctx, chunk)) as batches, \
+            FolderCopier(ctx, journal, dst, folder, target) as copier:
         for messages in batches:
-            journal.check_stop()
-            _copy_chunk(ctx, journal, dst, folder, target, messages)
+            copier.copy(messages)
     # Every change up to the cursor is acted on: the next pass starts there. Not while source deletions
     # wait for --sync-deletes: the next pass must see them again.
     if cursor is not None and cursor != kept and not (actions.gone and not ctx.options.sync_deletes):
@@ -310,70 +311,3 @@ def settle_intents(ctx: RunContext, record: MailboxRecord, journal: Journal, dst
 
 def _pace_source(ctx: RunContext, chunk: Sequence[MessageRef]) -> None:
     ctx.progress.add(throttled=ctx.source_pacer.acquire(len(chunk), sum(ref.size for ref in chunk)))
-
-
-def _copy_chunk(ctx: RunContext, journal: Journal, dst: Mailbox, folder: FolderInfo, target: FolderInfo,
-                messages: Sequence[RawMessage]) -> None:
-    """Intents, APPEND (bulk where offered), done rows: one batch, intent before effect."""
-    limit = dst.capabilities().max_message_size
-    oversize = [m for m in messages if limit is not None and len(m.body) > limit]
-    sendable = [m for m in messages if limit is None or len(m.body) <= limit]
-    watermark = dst.watermark(target) if sendable else None
-    ids = journal.intents([_pending(folder, target, m, watermark) for m in messages])
-    ledger_ids = dict(zip([m.ref.id for m in messages], ids, strict=True))
-    for message in oversize:
-        _refuse(ctx, journal, ledger_ids[message.ref.id], folder, message,
-                ItemFailed(f"{len(message.body)} bytes is over the target's limit of {limit}", "too-large"))
-    if sendable:
-        ctx.progress.add(throttled=ctx.target_pacer.acquire(len(sendable), sum(len(m.body) for m in sendable)))
-        _append(ctx, journal, dst, folder, target, sendable, ledger_ids)
-
-
-def _append(ctx: RunContext, journal: Journal, dst: Mailbox, folder: FolderInfo, target: FolderInfo,
-            messages: Sequence[RawMessage], ledger_ids: Mapping[str, int]) -> None:
-    since = None if dst.capabilities().append_returns_ids else dst.watermark(target)
-    try:
-        results = dst.append(target, messages)
-        journal.effect_done()
-    except ItemFailed as exc:
-        if len(messages) == 1:
-            _refuse(ctx, journal, ledger_ids[messages[0].ref.id], folder, messages[0], exc)
-            return
-        for message in messages:  # a refused bulk append stored nothing (RFC 3502): isolate the culprit
-            _append(ctx, journal, dst, folder, target, [message], ledger_ids)
-        return
-    for message, result in zip(messages, results, strict=True):
-        if isinstance(result, ItemFailed):  # stored one by one: the others went in
-            _refuse(ctx, journal, ledger_ids[message.ref.id], folder, message, result)
-    stored = [(m, r) for m, r in zip(messages, results, strict=True) if not isinstance(r, ItemFailed)]
-    messages = [m for m, _r in stored]
-    uids = [r for _m, r in stored]
-    if any(uid is None for uid in uids):
-        found = dst.find_tagged(target, [CopyTag(m.digest, len(m.body)) for m in messages], since)
-        uids = _match_found(messages, found, uids)
-    done = {ledger_ids[m.ref.id]: uid for m, uid in zip(messages, uids, strict=True) if uid is not None}
-    journal.done(done, sum(len(m.body) for m in messages))
-    ctx.progress.add(messages=len(done), size=sum(len(m.body) for m in messages))
-
-
-def _match_found(messages: Sequence[RawMessage], found: Mapping[CopyTag, Sequence[str]],
-                 uids: Sequence[str | None]) -> list[str | None]:
-    remaining = {tag: list(ids) for tag, ids in found.items()}
-    result: list[str | None] = []
-    for message, uid in zip(messages, uids, strict=True):
-        if uid is None:
-            pool = remaining.get(CopyTag(message.digest, len(message.body)), [])
-            uid = pool.pop(0) if pool else None
-        result.append(uid)
-    return result
-
-
-def _refuse(ctx: RunContext, journal: Journal, ledger_id: int, folder: FolderInfo, message: RawMessage,
-            exc: ItemFailed) -> None:
-    journal.failed(ledger_id, exc.reason, f"{folder.path!r} UID {message.ref.id}: {exc}")
-    ctx.progress.add(failed=1)
-
-
-def _pending(folder: FolderInfo, target: FolderInfo, message: RawMessage, watermark: str | None) -> PendingCopy:
-    return PendingCopy(folder.path, folder.key or "", message.ref.id, message.digest, len(message.body),
-                       message.ref.flags, message.ref.internal_date.isoformat(), target.path, target.key, watermark)

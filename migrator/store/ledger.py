@@ -93,20 +93,23 @@ def claimed_target_ids(conn: Connection, mailbox_id: int, target_path: str, targ
 
 def record_intents(conn: Connection, lease: Lease, mailbox_id: int, checkpoint_id: int,
                    copies: Sequence[PendingCopy]) -> list[int]:
-    """Write intent rows (one transaction with the lease check); returns their ids in order."""
+    """Write intent rows (one transaction with the lease check); returns their ids in order.
+
+    One multi-row INSERT ... RETURNING (SQLAlchemy's "insertmanyvalues", ids sorted by parameter order) rather
+    than a statement per row: a batch of 50 rows costs one compiled statement, not 50."""
     renew_lease(conn, lease)
+    if not copies:
+        return []
     now = utcnow()
-    ids: list[int] = []
-    for copy in copies:
-        values = {
-            "mailbox_id": mailbox_id, "source_folder": copy.source_folder, "source_key": copy.source_key,
-            "source_id": copy.source_id, "digest": copy.digest, "size": copy.size,
-            "flags": encode_flags(copy.flags), "internal_date": copy.internal_date,
-            "target_folder": copy.target_folder, "target_key": copy.target_key, "watermark": copy.watermark,
-            "state": INTENT, "checkpoint_id": checkpoint_id, "created_at": now,
-        }
-        ids.append(int(conn.execute(insert(ledger).values(**values)).inserted_primary_key[0]))  # type: ignore[index]
-    return ids
+    rows = [{
+        "mailbox_id": mailbox_id, "source_folder": copy.source_folder, "source_key": copy.source_key,
+        "source_id": copy.source_id, "digest": copy.digest, "size": copy.size,
+        "flags": encode_flags(copy.flags), "internal_date": copy.internal_date,
+        "target_folder": copy.target_folder, "target_key": copy.target_key, "watermark": copy.watermark,
+        "state": INTENT, "checkpoint_id": checkpoint_id, "created_at": now,
+    } for copy in copies]
+    inserted = conn.execute(insert(ledger).returning(ledger.c.id, sort_by_parameter_order=True), rows)
+    return [int(row_id) for row_id in inserted.scalars()]
 
 
 def record_done(conn: Connection, lease: Lease, target_ids: Mapping[int, str]) -> None:

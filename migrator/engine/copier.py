@@ -1,0 +1,203 @@
+"""Copying one folder's batches to the target: intents, APPEND, done rows; intent before effect.
+
+Where the target names the id each APPEND got (UIDPLUS, Graph), one APPEND is in flight in a thread of its
+own while this thread commits the next batch's intents and the last batch's done rows: the ledger's
+commits then cost none of the target's time, and the target's APPEND path is what limits a pass. At a
+crash at most two batches have open intents (the one being appended and the next), which the next pass
+settles like one. Where it does not, copies are found by their tags right after each APPEND on the same
+session, so nothing overlaps.
+
+Every batch's intents carry the watermark read before the pass's first APPEND to the folder: the mark is
+an opaque lower bound ("messages appended after it can be told apart"), and the target's session is busy
+with the APPEND in flight when the next intents are written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from migrator.connectors.base import Mailbox
+from migrator.engine.checkpoint import Journal
+from migrator.errors import ItemFailed
+from migrator.model import CopyTag, FolderInfo, RawMessage
+from migrator.store.records import PendingCopy
+
+if TYPE_CHECKING:
+    from migrator.engine.worker import RunContext
+
+AppendResults = Sequence[str | ItemFailed | None]
+
+
+@dataclass(frozen=True)
+class _Batch:
+    messages: Sequence[RawMessage]  # the sendable ones, in order
+    ledger_ids: Mapping[str, int]  # source id -> intent row
+
+
+class FolderCopier:
+    """Use as a context manager around one folder's batches; `copy` each, leave the block to finish."""
+
+    def __init__(self, ctx: RunContext, journal: Journal, dst: Mailbox, folder: FolderInfo,
+                 target: FolderInfo) -> None:
+        self.ctx, self.journal, self.dst, self.folder, self.target = ctx, journal, dst, folder, target
+        capabilities = dst.capabilities()
+        self._pipelined = capabilities.append_returns_ids
+        self._limit = capabilities.max_message_size
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="append") if self._pipelined else None
+        self._inflight: tuple[Future[AppendResults], _Batch] | None = None
+        self._watermark: str | None = None
+        self._watermark_read = False
+
+    def __enter__(self) -> FolderCopier:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        try:
+            if kind is None:
+                self._collect()
+        finally:
+            self._abandon()
+
+    def copy(self, messages: Sequence[RawMessage]) -> None:
+        """Record the batch's intents, then hand it to the target (after the APPEND in flight, if any)."""
+        if self.journal.stop.is_set():
+            self._collect()  # what is in flight is recorded before the stop is honoured
+        self.journal.check_stop()
+        batch = self._intents(messages)
+        if not self._pipelined:
+            if batch.messages:
+                self._pace(batch)
+                _append(self.ctx, self.journal, self.dst, self.folder, self.target, batch.messages, batch.ledger_ids)
+            return
+        finished = self._wait()
+        if finished is not None and not _clean(finished[0]):
+            self._record(*finished)  # may search the target for copies: before the session is busy again
+            finished = None
+        if batch.messages:
+            self._pace(batch)
+            assert self._pool is not None
+            self._inflight = (self._pool.submit(self.dst.append, self.target, batch.messages), batch)
+        if finished is not None:
+            self._record(*finished)
+
+    def _intents(self, messages: Sequence[RawMessage]) -> _Batch:
+        limit = self._limit
+        sendable = [m for m in messages if limit is None or len(m.body) <= limit]
+        if sendable and not self._watermark_read:
+            self._watermark = self.dst.watermark(self.target)  # nothing is in flight before the first APPEND
+            self._watermark_read = True
+        ids = self.journal.intents([_pending(self.folder, self.target, m, self._watermark) for m in messages])
+        ledger_ids = dict(zip([m.ref.id for m in messages], ids, strict=True))
+        for message in messages:
+            if limit is not None and len(message.body) > limit:
+                _refuse(self.ctx, self.journal, ledger_ids[message.ref.id], self.folder, message,
+                        ItemFailed(f"{len(message.body)} bytes is over the target's limit of {limit}", "too-large"))
+        return _Batch(sendable, ledger_ids)
+
+    def _pace(self, batch: _Batch) -> None:
+        waited = self.ctx.target_pacer.acquire(len(batch.messages), sum(len(m.body) for m in batch.messages))
+        self.ctx.progress.add(throttled=waited)
+
+    def _wait(self) -> tuple[AppendResults | ItemFailed, _Batch] | None:
+        """The outcome of the APPEND in flight (a refused bulk APPEND as its ItemFailed); other errors raise."""
+        if self._inflight is None:
+            return None
+        future, batch = self._inflight
+        self._inflight = None
+        try:
+            results: AppendResults | ItemFailed = future.result()
+        except ItemFailed as exc:
+            results = exc
+        return results, batch
+
+    def _record(self, results: AppendResults | ItemFailed, batch: _Batch) -> None:
+        if isinstance(results, ItemFailed):
+            _bulk_refused(self.ctx, self.journal, self.dst, self.folder, self.target, batch.messages,
+                          batch.ledger_ids, results)
+            return
+        self.journal.effect_done()
+        _appended(self.ctx, self.journal, self.dst, self.target, self.folder, batch.messages, batch.ledger_ids,
+                  results, self._watermark)
+
+    def _collect(self) -> None:
+        finished = self._wait()
+        if finished is not None:
+            self._record(*finished)
+
+    def _abandon(self) -> None:
+        """Leaving on an error: the APPEND in flight must end before the session closes; its batch keeps its
+        open intents, which the next pass settles."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
+def _clean(results: AppendResults | ItemFailed) -> bool:
+    """Every message stored with a known id: recording it needs no more of the target's session."""
+    return not isinstance(results, ItemFailed) and all(isinstance(r, str) for r in results)
+
+
+def _append(ctx: RunContext, journal: Journal, dst: Mailbox, folder: FolderInfo, target: FolderInfo,
+            messages: Sequence[RawMessage], ledger_ids: Mapping[str, int]) -> None:
+    since = None if dst.capabilities().append_returns_ids else dst.watermark(target)
+    try:
+        results = dst.append(target, messages)
+    except ItemFailed as exc:
+        _bulk_refused(ctx, journal, dst, folder, target, messages, ledger_ids, exc)
+        return
+    journal.effect_done()
+    _appended(ctx, journal, dst, target, folder, messages, ledger_ids, results, since)
+
+
+def _bulk_refused(ctx: RunContext, journal: Journal, dst: Mailbox, folder: FolderInfo, target: FolderInfo,
+                  messages: Sequence[RawMessage], ledger_ids: Mapping[str, int], exc: ItemFailed) -> None:
+    if len(messages) == 1:
+        _refuse(ctx, journal, ledger_ids[messages[0].ref.id], folder, messages[0], exc)
+        return
+    for message in messages:  # a refused bulk append stored nothing (RFC 3502): isolate the culprit
+        _append(ctx, journal, dst, folder, target, [message], ledger_ids)
+
+
+def _appended(ctx: RunContext, journal: Journal, dst: Mailbox, target: FolderInfo, folder: FolderInfo,
+              messages: Sequence[RawMessage], ledger_ids: Mapping[str, int], results: AppendResults,
+              since: str | None) -> None:
+    """Done rows for what an APPEND stored; the ids it did not name are searched for by tag after `since`."""
+    for message, result in zip(messages, results, strict=True):
+        if isinstance(result, ItemFailed):  # stored one by one: the others went in
+            _refuse(ctx, journal, ledger_ids[message.ref.id], folder, message, result)
+    stored = [(m, r) for m, r in zip(messages, results, strict=True) if not isinstance(r, ItemFailed)]
+    messages = [m for m, _r in stored]
+    uids = [r for _m, r in stored]
+    if any(uid is None for uid in uids):
+        found = dst.find_tagged(target, [CopyTag(m.digest, len(m.body)) for m in messages], since)
+        uids = _match_found(messages, found, uids)
+    done = {ledger_ids[m.ref.id]: uid for m, uid in zip(messages, uids, strict=True) if uid is not None}
+    journal.done(done, sum(len(m.body) for m in messages))
+    ctx.progress.add(messages=len(done), size=sum(len(m.body) for m in messages))
+
+
+def _match_found(messages: Sequence[RawMessage], found: Mapping[CopyTag, Sequence[str]],
+                 uids: Sequence[str | None]) -> list[str | None]:
+    remaining = {tag: list(ids) for tag, ids in found.items()}
+    result: list[str | None] = []
+    for message, uid in zip(messages, uids, strict=True):
+        if uid is None:
+            pool = remaining.get(CopyTag(message.digest, len(message.body)), [])
+            uid = pool.pop(0) if pool else None
+        result.append(uid)
+    return result
+
+
+def _refuse(ctx: RunContext, journal: Journal, ledger_id: int, folder: FolderInfo, message: RawMessage,
+            exc: ItemFailed) -> None:
+    journal.failed(ledger_id, exc.reason, f"{folder.path!r} UID {message.ref.id}: {exc}")
+    ctx.progress.add(failed=1)
+
+
+def _pending(folder: FolderInfo, target: FolderInfo, message: RawMessage, watermark: str | None) -> PendingCopy:
+    return PendingCopy(folder.path, folder.key or "", message.ref.id, message.digest, len(message.body),
+                       message.ref.flags, message.ref.internal_date.isoformat(), target.path, target.key, watermark)
