@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, func, inspect, select, update
 
 from migrator.errors import LeaseLost, StateError
@@ -17,6 +18,7 @@ from migrator.store import inventory, ledger
 from migrator.store.db import (
     create_store_engine,
     downgrade,
+    migrations_dir,
     open_store,
     schema_status,
     translate_db_errors,
@@ -68,6 +70,13 @@ def test_upgrade_downgrade_upgrade(store: Engine) -> None:
     assert table_names(store) - {"alembic_version"} == set(metadata.tables)
     upgrade(store)  # idempotent
     assert schema_status(store) == (head, head)
+
+
+def test_schema_status_reads_what_alembic_reads(store: Engine) -> None:
+    """schema_status reads the revisions without alembic (start-up time); alembic must agree."""
+    with store.connect() as conn:
+        assert schema_status(store) == (MigrationContext.configure(conn).get_current_revision(),
+                                        ScriptDirectory(str(migrations_dir())).get_current_head())
 
 
 def test_alembic_tables_match_schema_metadata(store: Engine) -> None:

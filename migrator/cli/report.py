@@ -4,19 +4,21 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from migrator.cli.common import Session, config_option, open_session
 from migrator.config import Config, parse_size
 from migrator.discovery import report as discovery_report
-from migrator.discovery.dns import DomainDns, ResolverConfig, check_domains
 from migrator.planning.planfile import read_plan
 from migrator.planning.planner import estimate_rate
 from migrator.reports.discovery import render_csv, render_html, render_json
 from migrator.store import inventory, work
 from migrator.store.db import reading
+
+if TYPE_CHECKING:
+    from migrator.discovery.dns import DomainDns
 
 RENDERERS = {"html": render_html, "json": render_json, "csv": render_csv}
 
@@ -25,6 +27,8 @@ def dns_results(config: Config, domains: list[str]) -> list[DomainDns]:
     """DNS checks for these domains through [dns]'s resolver; none when [dns] is not configured."""
     if config.dns is None:
         return []
+    from migrator.discovery.dns import ResolverConfig, check_domains  # dnspython: a tenth of every command's start-up
+
     resolver = ResolverConfig(config.dns.nameservers, config.dns.port, config.dns.timeout)
     return check_domains(domains, resolver, target_mx_suffixes=config.dns.target_mx,
                          target_spf_includes=config.dns.target_spf)

@@ -7,20 +7,21 @@ writers queue on the busy timeout instead of failing half-way. PostgreSQL needs 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 import migrator
 from migrator.errors import StateError, UserError
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
 
 BUSY_TIMEOUT_MS = 30_000
 READ_ONLY_OPTION = "migrator_read_only"
@@ -69,6 +70,8 @@ def create_store_engine(url: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Eng
 
 
 def _alembic_config(connection: Connection) -> AlembicConfig:
+    from alembic.config import Config as AlembicConfig  # alembic only where the schema changes (see head_revision)
+
     config = AlembicConfig()
     config.set_main_option("script_location", str(migrations_dir()))
     config.attributes["connection"] = connection
@@ -77,11 +80,15 @@ def _alembic_config(connection: Connection) -> AlembicConfig:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to `revision`. Raises StateError if the database cannot be reached or written."""
+    from alembic import command
+
     with translate_db_errors(), engine.begin() as connection:
         command.upgrade(_alembic_config(connection), revision)
 
 
 def downgrade(engine: Engine, revision: str) -> None:
+    from alembic import command
+
     with translate_db_errors(), engine.begin() as connection:
         command.downgrade(_alembic_config(connection), revision)
 
@@ -89,10 +96,42 @@ def downgrade(engine: Engine, revision: str) -> None:
 def schema_status(engine: Engine) -> tuple[str | None, str]:
     """(current revision, head revision) of the store."""
     with reading(engine) as connection:
-        current = MigrationContext.configure(connection).get_current_revision()
+        current = _current_revision(connection)
         connection.rollback()
-    head = ScriptDirectory(str(migrations_dir())).get_current_head()
-    return current, head or ""
+    return current, head_revision()
+
+
+def _current_revision(connection: Connection) -> str | None:
+    """What alembic's MigrationContext.get_current_revision reads, without importing alembic."""
+    if not inspect(connection).has_table("alembic_version"):
+        return None
+    versions = list(connection.execute(text("SELECT version_num FROM alembic_version")).scalars())
+    if len(versions) > 1:
+        raise StateError(f"state store has several schema heads ({', '.join(versions)}); it was not made by "
+                         f"this migrator")
+    return str(versions[0]) if versions else None
+
+
+_REVISION_LINE = re.compile(r"""^(down_revision|revision)\b[^=\n]*=\s*(?:None|["']([^"']+)["'])""", re.MULTILINE)
+
+
+@lru_cache(maxsize=1)
+def head_revision() -> str:
+    """The newest revision under migrations/versions, from the files' `revision` and `down_revision` lines:
+    every command opens the store, and importing alembic to learn this one string was a sixth of the start-up.
+    A history this reading cannot follow (branches, merges) is left to alembic itself; tests/test_store.py
+    checks that both agree."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (migrations_dir() / "versions").glob("*.py"):
+        for name, value in _REVISION_LINE.findall(path.read_text(encoding="utf-8")):
+            (revisions if name == "revision" else parents).add(value)
+    heads = revisions - parents
+    if len(heads) == 1:
+        return heads.pop()
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory(str(migrations_dir())).get_current_head() or ""
 
 
 def open_store(url: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Engine:
