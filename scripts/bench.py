@@ -732,9 +732,11 @@ max_connections = {self.workers}
                     {"command": "migrator " + " ".join(cmd[3:]), "exit": proc.returncode,
                      "reported": {"messages": int(copied), "mb": float(mb), "seconds": float(engine_s),
                                   "messages_per_second": int(msg_s), "mb_per_second": float(mb_s)},
-                     "peak_rss_mb": self.rss[key]["vmhwm_mb"]})
+                     "peak_rss_mb": self.rss[key]["vmhwm_mb"],
+                     "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2)})
         self.record(step)
-        self.say(f"    migrator's own line: {match.group(0)}; peak RSS {self.rss[key]['vmhwm_mb']:.1f} MB")
+        cpu = f"CPU {usage.ru_utime + usage.ru_stime:.2f} s (user {usage.ru_utime:.2f}, system {usage.ru_stime:.2f})"
+        self.say(f"    migrator's own line: {match.group(0)}; peak RSS {self.rss[key]['vmhwm_mb']:.1f} MB; {cpu}")
         return step
 
     # ---------------------------------------------------------------------------------- dsync
