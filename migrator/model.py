@@ -113,14 +113,21 @@ class MessageRef:
 
 @dataclass(frozen=True)
 class RawMessage:
+    """A fetched message. `body` is RFC 5322 bytes unless `format` names an endpoint's native format (e.g.
+    "exchange-fts", an opaque full-fidelity stream only the same kind of endpoint can store). `tag` is the
+    copy's idempotency tag where the target cannot hash the stored bytes (a native copy is tagged with a
+    fingerprint of properties the target keeps); otherwise the tag is the SHA-256 of `body`."""
+
     ref: MessageRef
     body: bytes = field(repr=False)
+    format: str | None = None
+    tag: str | None = None
 
     @cached_property
     def digest(self) -> str:
         """Computed once, by the fetching thread (the prefetcher asks for it), in parallel with the APPEND
         of the batch before: hashlib lets go of the GIL while it hashes."""
-        return hashlib.sha256(self.body).hexdigest()
+        return self.tag or hashlib.sha256(self.body).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -160,7 +167,8 @@ class CutoverSettings:
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What an endpoint can do; callers test these, connectors never pretend."""
+    """What an endpoint can do; callers test these, connectors never pretend. `native_formats`: formats other
+    than MIME the endpoint can fetch and append (the engine uses one only when source and target share it)."""
 
     append_returns_ids: bool = False
     bulk_append: bool = False
@@ -172,6 +180,7 @@ class Capabilities:
     raw: frozenset[str] = frozenset()
     system_flags: frozenset[str] | None = None
     atom_keywords: bool = True
+    native_formats: frozenset[str] = frozenset()
 
     def storable_flags(self, flags: frozenset[str]) -> frozenset[str]:
         """The flags a copy on this endpoint can carry: the system flags it keeps (`system_flags`, None for

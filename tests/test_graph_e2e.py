@@ -24,11 +24,13 @@ from typing import Any, TypeVar
 
 import pytest
 
+from migrator.connectors.graph.mime import LAST_VERB_PROPERTY, TAG_PROPERTY
 from migrator.lab.corpus import CorpusSpec, generate_corpus, load_corpus, mailbox_snapshot
 from migrator.lab.dovecot import DovecotServer, LabUser
 from migrator.model import Capabilities
 from tests.graph_fixtures import EXCHANGE_FLAGS, Cloud, Tenant, graph_contents, graph_flags, imap_contents, seed_graph
 from tests.imap_fixtures import Project
+from tests.mssim.graph import GraphSimulator, SimMessage
 
 USERS = [LabUser("alice", "alice-pw"), LabUser("bob", "bob-pw")]
 T = TypeVar("T")
@@ -159,10 +161,13 @@ def test_graph_to_imap_keeps_what_graph_serves_byte_for_byte(dovecot: None, lab_
         assert "copied 0 messages" in project.run()
 
 
-def test_graph_to_graph_between_tenants_with_domain_rewrite(lab_root: Path, cloud: Cloud) -> None:
-    source, target = cloud.tenant("source"), cloud.tenant("target")
+def tenant_pair(lab_root: Path, cloud: Cloud, spec: CorpusSpec, **target_options: Any
+                ) -> tuple[Tenant, Tenant, GraphProject]:
+    """Two tenants, the source seeded with a corpus per user, and a project that maps them by domain rewrite."""
+    source, target = cloud.tenant("source"), cloud.tenant("target", **target_options)
     for index, user in enumerate(USERS):
-        corpus = generate_corpus(user, CorpusSpec(SPEC.messages_per_mailbox, 0, False, SPEC.seed + index))
+        corpus = generate_corpus(user, CorpusSpec(spec.messages_per_mailbox, spec.large_attachments,
+                                                  spec.include_cpython_samples, spec.seed + index))
         seed_graph(source.graph, f"{user.name}@old.example", corpus)
         target.graph.add_user(f"{user.name}@new.example")
     project = GraphProject(lab_root / "project", env={source.secret_env: source.secret,
@@ -170,12 +175,81 @@ def test_graph_to_graph_between_tenants_with_domain_rewrite(lab_root: Path, clou
     project.project.mkdir()
     project.setup(source.config_block(), target.config_block(), ["source"] + [f"{u.name}@old.example" for u in USERS],
                   extra='[mapping]\ndomains = { "old.example" = "new.example" }\n')  # targets by domain rewrite
-    project.run()
+    return source, target, project
+
+
+def test_graph_to_graph_falls_back_to_mime_when_the_target_tenant_refuses_import(lab_root: Path, cloud: Cloud) -> None:
+    """A target tenant whose app lacks MailboxItem.ImportExport.All: the run says so in one line and copies
+    everything through MIME (no export, no import), exactly, verified deep."""
+    source, target, project = tenant_pair(lab_root, cloud, CorpusSpec(SPEC.messages_per_mailbox, 0, False, SPEC.seed),
+                                          import_export=False)
+    result = project.migrator("run", "plans/wave1.yaml", "--stage", "prestage", "--workers", "2")
+    print_requests_per_message("MIME (the target refused the import/export API)", source, target)
+    refusals = [line for line in result.stderr.splitlines() if "import/export API is refused" in line]
+    assert len(refusals) == 1 and "MailboxItem.ImportExport.All" in refusals[0], result.stderr
+    assert source.secret not in result.stderr and target.secret not in result.stderr
+    assert not [key for key in source.graph.requests if "exportItems" in key], "no export once the target refused"
     for user in USERS:
         assert non_empty(graph_contents(source.graph, f"{user.name}@old.example")) == non_empty(
             graph_contents(target.graph, f"{user.name}@new.example"))
     project.migrator("verify", "plans/wave1.yaml", "--deep")
     assert "copied 0 messages" in project.run()
+
+
+def print_requests_per_message(mode: str, source: Tenant, target: Tenant) -> None:
+    """Requests both tenants saw so far per message of the source mailboxes (print with -s)."""
+    messages = sum(len(source.graph.messages(f"{u.name}@old.example", p)) for u in USERS
+                   for p in source.graph.folders(f"{u.name}@old.example"))
+    requests = source.graph.requests + target.graph.requests
+    print(f"Graph requests per migrated message, {mode}: {sum(requests.values()) / messages:.2f} for the copy "
+          f"(source {sum(source.graph.requests.values()) / messages:.2f}, "
+          f"target {sum(target.graph.requests.values()) / messages:.2f}); {dict(requests.most_common(8))}")
+
+
+def stored(graph: GraphSimulator, address: str) -> dict[str, Counter[tuple[Any, ...]]]:
+    """Per folder, every item as Exchange stores it: properties, state, dates, extended properties (our tag
+    left out), attachments with their bytes, and the MIME it came from."""
+    def item(m: SimMessage) -> tuple[Any, ...]:
+        extended = tuple(sorted((k.lower(), v) for k, v in m.extended.items() if k.lower() != TAG_PROPERTY.lower()))
+        return (m.subject, m.is_draft, m.is_read, m.flag_status, tuple(m.categories), m.received, m.sent,
+                m.internet_message_id, m.body_type, m.body, tuple(m.attachments), tuple(m.headers), m.from_,
+                tuple(m.to), tuple(m.cc), m.importance, extended, m.raw)
+    return {path: Counter(item(m) for m in graph.messages(address, path)) for path in graph.folders(address)}
+
+
+def test_graph_to_graph_native_full_fidelity_verify_and_rollback(lab_root: Path, cloud: Cloud) -> None:
+    """Both tenants offer the mailbox import/export API: every item arrives exactly as stored (state, dates,
+    categories, extended properties, attachments byte for byte), nothing through MIME, no drafts, nothing left in
+    the staging folder; verify --deep passes, a rerun copies nothing, and rollback removes exactly our copies: mail
+    the target already had, an identical twin of a copied message included, stays."""
+    source, target, project = tenant_pair(lab_root, cloud, CorpusSpec(SPEC.messages_per_mailbox, 1, False, SPEC.seed))
+    alice_old, alice_new = f"{USERS[0].name}@old.example", f"{USERS[0].name}@new.example"
+    inbox = source.graph.messages(alice_old, "Inbox")
+    source.graph.update_message(alice_old, inbox[0].id, categories=["Red category", "Projekt Ä"], flagged=True,
+                                extended={LAST_VERB_PROPERTY: "102"})
+    twin = inbox[1]  # the customer already has this very message in the target's Inbox
+    target.graph.add_message(alice_new, "Inbox", source.graph.mime(alice_old, twin.id), received=twin.received)
+    before = {user.name: stored(target.graph, f"{user.name}@new.example") for user in USERS}
+    source.graph.requests.clear()
+    target.graph.requests.clear()
+    project.run()
+    requests = source.graph.requests + target.graph.requests
+    assert not [key for key in requests if key.endswith("/$value")], "native mode reads no MIME"
+    for user in USERS:
+        old, new = f"{user.name}@old.example", f"{user.name}@new.example"
+        copied = {path: items - before[user.name].get(path, Counter())
+                  for path, items in stored(target.graph, new).items()}
+        assert non_empty(copied) == non_empty(stored(source.graph, old)), f"{user.name}: not stored alike"
+        assert not target.graph.messages(new, "Migrator staging"), "nothing may stay in the staging folder"
+    print_requests_per_message("native", source, target)
+    verify = project.migrator("verify", "plans/wave1.yaml", "--deep")
+    assert "content fingerprint" in verify.stdout
+    assert "copied 0 messages" in project.run()
+    project.migrator("rollback", "plans/wave1.yaml", "--batch", "B01", "--yes")
+    project.migrator("rollback", "plans/wave1.yaml", "--batch", "B02", "--yes")
+    for user in USERS:
+        after = stored(target.graph, f"{user.name}@new.example")
+        assert non_empty(after) == non_empty(before[user.name]), f"{user.name}: rollback must leave what was there"
 
 
 @dataclass
@@ -196,7 +270,7 @@ class Direction:
         assert non_empty(self.target_view()) == non_empty(self.source_view())
 
 
-@pytest.fixture(params=["imap-to-graph", "graph-to-imap", "graph-to-graph"])
+@pytest.fixture(params=["imap-to-graph", "graph-to-imap", "graph-to-graph", "graph-to-graph-native"])
 def direction(request: pytest.FixtureRequest, dovecot: None, lab_root: Path, cloud: Cloud) -> Iterator[Direction]:
     user = USERS[0]
     spec = CorpusSpec(messages_per_mailbox=25, large_attachments=1, include_cpython_samples=False)
@@ -225,7 +299,10 @@ def direction(request: pytest.FixtureRequest, dovecot: None, lab_root: Path, clo
             yield Direction(project, lambda: graph_contents(tenant.graph, old, IMAP_FLAGS),
                             lambda: imap_contents(imap, user))
         else:
-            source_tenant, target_tenant = cloud.tenant("source"), cloud.tenant("target", latency_seconds=0.01)
+            # plain graph-to-graph: a target tenant without the import/export API, so copies go through MIME
+            source_tenant = cloud.tenant("source")
+            target_tenant = cloud.tenant("target", latency_seconds=0.01,
+                                         import_export=request.param == "graph-to-graph-native")
             seed_graph(source_tenant.graph, old, generate_corpus(user, spec))
             target_tenant.graph.add_user(new)
             project.env |= {source_tenant.secret_env: source_tenant.secret,

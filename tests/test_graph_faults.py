@@ -37,7 +37,8 @@ import pytest
 from migrator.connectors.base import open_mailbox
 from migrator.connectors.graph import GraphEndpoint
 from migrator.connectors.graph import client as graph_client
-from migrator.errors import ItemFailed, Transient
+from migrator.connectors.graph.native import FORMAT, MailboxTransfer
+from migrator.errors import FolderFailed, ItemFailed, Transient
 from migrator.lab.corpus import CorpusSpec, generate_corpus, load_corpus
 from migrator.lab.dovecot import DovecotServer, LabUser
 from migrator.model import CopyTag, Login, MessageRef, RawMessage
@@ -310,6 +311,83 @@ def test_gateway_error_after_a_create_is_never_resent_blind(connect: Connect, st
         assert sorted(len(ids) for ids in found.values()) == [1] * len(sent)
         assert len(mailbox.list_messages(folder)) == len(sent)
     assert graph.requests[CREATE] == len(sent)
+
+
+# -- native copies (mailbox import/export API) --------------------------------------------------------------
+
+EXPORTER = "dave@example.org"
+IMPORT = "POST /api/gv1.0/Mailboxes({box})/importItem"
+SESSION = "POST /admin/exchange/mailboxes/{box}/createImportSession"
+
+
+def exported(endpoint: GraphEndpoint, graph: GraphSimulator, count: int) -> list[RawMessage]:
+    """`count` messages delivered to a second mailbox of the tenant, exported as native streams."""
+    graph.add_user(EXPORTER)
+    for index in range(count):
+        graph.add_message(EXPORTER, "Inbox", mail(index).body, is_read=index % 2 == 0, categories=[f"c{index}"])
+    with open_mailbox(endpoint, Login(EXPORTER, EXPORTER), write=False) as source:
+        assert source.capabilities().native_formats == {FORMAT}
+        inbox = next(f for f in source.list_folders(sizes=False) if f.path == "Inbox")
+        messages = list(source.fetch(inbox, source.list_messages(inbox), native=FORMAT))
+    assert [m.format for m in messages] == [FORMAT] * count
+    return messages
+
+
+def test_expired_import_session_is_renewed_and_nothing_is_imported_twice(connect: Connect) -> None:
+    """The import URL expires (its token embedded, https://learn.microsoft.com/en-us/graph/import-exchange-mailbox-
+    item): the refused import created nothing, so the connector renews the session once and imports again."""
+    endpoint, graph = connect()
+    sent = exported(endpoint, graph, 3)
+    with open_mailbox(endpoint, LOGIN, write=True) as mailbox:
+        folder, _ = mailbox.ensure_folder("Imported", None)
+        assert all(isinstance(i, str) for i in mailbox.append(folder, sent[:1]))
+        graph.expire_import_sessions()
+        ids = mailbox.append(folder, sent[1:])
+        assert all(isinstance(i, str) for i in ids)
+        assert len(mailbox.list_messages(folder)) == 3
+    assert graph.requests[SESSION] == 2, "one session at the probe, one renewal for both imports refused"
+    assert graph.requests[IMPORT] in (4, 5), "three imports, and one or both of the two then in flight refused"
+    assert sorted(m.is_read for m in graph.messages(ADDRESS, "Imported")) == [False, True, True]
+
+
+def test_imports_whose_changekey_the_mail_api_words_otherwise_are_found_by_fingerprint(
+        connect: Connect, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Should the import answer a changeKey the mail API does not show, each staged item is still claimed once, by
+    its fingerprint among the staging folder's unclaimed items: every message placed once, nothing left behind."""
+    endpoint, graph = connect()
+    sent = exported(endpoint, graph, 3)
+    imported = MailboxTransfer.import_item
+    monkeypatch.setattr(MailboxTransfer, "import_item", lambda self, folder, data: "x" + imported(self, folder, data))
+    with open_mailbox(endpoint, LOGIN, write=True) as mailbox:
+        folder, _ = mailbox.ensure_folder("Imported", None)
+        ids = mailbox.append(folder, sent)
+        assert len(set(ids)) == 3 and all(isinstance(i, str) for i in ids)
+        assert len(mailbox.list_messages(folder)) == 3
+    assert not graph.messages(ADDRESS, "Migrator staging")
+
+
+@pytest.mark.parametrize("lost", ["import", "tag", "move"])
+def test_native_copy_interrupted_at_each_step_settles_to_exactly_one_copy(connect: Connect, lost: str) -> None:
+    """A native copy is import (into the staging folder), PATCH of the tag, move. The import's reply lost, the tag
+    refused, the move's reply lost: the append fails, and settling then finds the moved copy by its tag, or removes
+    what is left in the staging folder so the message is copied again; never a second copy, never a leftover."""
+    endpoint, graph = connect()
+    sent = exported(endpoint, graph, 3)
+    tags = [CopyTag(m.digest, len(m.body)) for m in sent]
+    fault = {"import": ("POST", "importItem", 502, True), "tag": ("PATCH", "/messages/", 400, False),
+             "move": ("POST", "/move", 504, True)}[lost]
+    with open_mailbox(endpoint, LOGIN, write=True) as mailbox:
+        folder, _ = mailbox.ensure_folder("Imported", None)
+        graph.fail_next(fault[0], fault[1], fault[2], after=fault[3])
+        with pytest.raises((Transient, FolderFailed)):
+            mailbox.append(folder, sent)
+        found = mailbox.find_tagged(folder, tags, None)
+        assert not graph.messages(ADDRESS, "Migrator staging"), "settling removes every staged leftover"
+        placed = {tag: ids for tag, ids in found.items() if ids}
+        again = mailbox.append(folder, [m for m, tag in zip(sent, tags, strict=True) if tag not in placed])
+        assert all(isinstance(i, str) for i in again)
+        assert sorted(len(ids) for ids in mailbox.find_tagged(folder, tags, None).values()) == [1, 1, 1]
+        assert len(mailbox.list_messages(folder)) == 3
 
 
 # -- tokens -------------------------------------------------------------------------------------------------

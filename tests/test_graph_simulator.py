@@ -13,6 +13,7 @@ import sysconfig
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email import policy
 from email.message import EmailMessage
@@ -725,3 +726,67 @@ def test_fault_injection(sim: GraphSimulator, http: requests.Session) -> None:
         {"id": "1", "method": "GET", "url": f"/users/{ALICE}/mailFolders/drafts"},
         {"id": "2", "method": "GET", "url": f"/users/{ALICE}/mailFolders/inbox"}]}).json()
     assert {r["id"]: r["status"] for r in batch["responses"]} == {"1": 500, "2": 200}
+
+
+# -- mailbox import/export API (graph_export.py) ---------------------------------------------------------------
+
+
+def box_items(sim: GraphSimulator, http: requests.Session, address: str, folder: str = "Inbox") -> dict[str, str]:
+    """The import/export API's view of a folder: changeKey -> item id, through the user's primaryMailboxId."""
+    box = http.get(f"{sim.base_url}/users/{address}/settings/exchange").json()["primaryMailboxId"]
+    assert re.fullmatch(r"MBX:[0-9a-f]{8}@[0-9a-f]{8}", box)
+    items, _, _ = all_pages(http, f"{sim.base_url}/admin/exchange/mailboxes/{box}/folders/{folder}/items"
+                                  f"?$select=changeKey")
+    return {item["changeKey"]: item["id"] for item in items}
+
+
+def test_export_import_round_trip_keeps_the_item_and_refuses_what_the_docs_refuse(
+        sim: GraphSimulator, http: requests.Session, ca: TestCA) -> None:
+    """exportItems (at most 20 ids, an error per unknown id) streams the whole stored item; an import session's URL
+    takes it without an Authorization header, creates it as it was (not a draft) under a new id in the folder named
+    by the API's own folder id, and stops working once the session expires."""
+    first = sim.add_message(ALICE, "Inbox", sample_mime(n=1), is_read=True, flagged=True, categories=["Blue category"])
+    sim.update_message(ALICE, first, extended={TAG: "old-tag"})
+    box = http.get(f"{sim.base_url}/users/{ALICE}/settings/exchange").json()["primaryMailboxId"]
+    api = f"{sim.base_url}/admin/exchange/mailboxes/{box}"
+    (item_id,) = box_items(sim, http, ALICE).values()
+    moved = http.post(f"{sim.base_url}/users/{ALICE}/messages/{quote(item_id, safe='')}/move", json={})
+    assert moved.json()["error"]["code"] == "ErrorInvalidIdMalformed", "the mail API refuses the other API's ids"
+    assert http.post(f"{api}/exportItems", json={"itemIds": [item_id] * 21}).status_code == 400
+    value = http.post(f"{api}/exportItems", json={"itemIds": [item_id, "EDSVnothingheremmmmmmmAAA="]}).json()["value"]
+    assert value[0]["itemId"] == item_id and base64.b64decode(value[0]["data"])
+    assert value[1]["error"]["code"] == "ErrorItemNotFound" and "data" not in value[1]
+
+    bob_box = http.get(f"{sim.base_url}/users/{BOB}/settings/exchange").json()["primaryMailboxId"]
+    folders, _, _ = all_pages(http, f"{sim.base_url}/admin/exchange/mailboxes/{bob_box}/folders")
+    archive = next(f["id"] for f in folders if f["wellKnownName"] == "archive")
+    session = http.post(f"{sim.base_url}/admin/exchange/mailboxes/{bob_box}/createImportSession")
+    assert session.status_code == 200 and "authtoken=" in session.json()["importUrl"]
+    body = {"FolderId": archive, "Mode": "create", "Data": value[0]["data"]}
+    anonymous = client(ca, token=None)
+    assert http.post(session.json()["importUrl"], json=body).status_code == 401, "no Authorization header allowed"
+    assert anonymous.post(session.json()["importUrl"], json={**body, "ItemId": item_id}).status_code == 400
+    created = anonymous.post(session.json()["importUrl"], json=body)
+    assert created.status_code == 200 and created.json()["itemId"] != item_id
+    (copy,) = sim.messages(BOB, "Archive")
+    original = sim.messages(ALICE, "Inbox")[0]
+    assert (copy.is_draft, copy.is_read, copy.flag_status, copy.categories, copy.received, copy.attachments,
+            copy.extended, replace(copy.render_input(), item_id="")) == (
+        False, True, "flagged", ["Blue category"], original.received, original.attachments, original.extended,
+        replace(original.render_input(), item_id=""))
+    assert copy.change_key() == created.json()["changeKey"]
+    sim.expire_import_sessions()
+    assert anonymous.post(session.json()["importUrl"], json=body).status_code == 401
+    assert len(sim.messages(BOB, "Archive")) == 1
+
+
+def test_tenant_without_the_import_export_permission_gets_403(ca: TestCA) -> None:
+    sim = start(ca, import_export=False)
+    try:
+        with client(ca) as http:
+            box = http.get(f"{sim.base_url}/users/{ALICE}/settings/exchange").json()["primaryMailboxId"]
+            for method, path in (("GET", "/folders"), ("POST", "/exportItems"), ("POST", "/createImportSession")):
+                answer = http.request(method, f"{sim.base_url}/admin/exchange/mailboxes/{box}{path}", json={})
+                assert (answer.status_code, answer.json()["error"]["code"]) == (403, "ErrorAccessDenied"), path
+    finally:
+        sim.__exit__(None, None, None)

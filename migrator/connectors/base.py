@@ -53,7 +53,11 @@ class Mailbox(Protocol):
 
     def list_messages(self, folder: FolderInfo) -> list[MessageRef]: ...
 
-    def fetch(self, folder: FolderInfo, refs: Sequence[MessageRef]) -> Iterator[RawMessage]: ...
+    def fetch(self, folder: FolderInfo, refs: Sequence[MessageRef], *, native: str | None = None
+              ) -> Iterator[RawMessage]:
+        """The messages of `refs`, as MIME; with `native` (one of Capabilities.native_formats) in that format
+        where the endpoint can export them so, each RawMessage saying which it got."""
+        ...
 
     def watermark(self, folder: FolderInfo) -> str | None:
         """An opaque mark: messages appended after it can be told apart from everything before it."""
@@ -139,8 +143,9 @@ class ReadOnlyMailbox:
     def list_messages(self, folder: FolderInfo) -> list[MessageRef]:
         return self._inner.list_messages(folder)
 
-    def fetch(self, folder: FolderInfo, refs: Sequence[MessageRef]) -> Iterator[RawMessage]:
-        return self._inner.fetch(folder, refs)
+    def fetch(self, folder: FolderInfo, refs: Sequence[MessageRef], *, native: str | None = None
+              ) -> Iterator[RawMessage]:
+        return self._inner.fetch(folder, refs, native=native)
 
     def watermark(self, folder: FolderInfo) -> str | None:
         return self._inner.watermark(folder)

@@ -341,7 +341,8 @@ class ImapMailbox:
         self._select(folder, write=False)
         return self._listing()
 
-    def fetch(self, folder: FolderInfo, refs: Sequence[MessageRef]) -> Iterator[RawMessage]:
+    def fetch(self, folder: FolderInfo, refs: Sequence[MessageRef], *, native: str | None = None
+              ) -> Iterator[RawMessage]:
         self._select(folder, write=False)
         by_uid = {int(ref.id): ref for ref in refs}
         data = self._uid_fetch(list(by_uid), b"(BODY.PEEK[])", imap_fetch.parse_bodies)

@@ -21,8 +21,9 @@ _DONE = object()
 
 class Prefetcher:
     def __init__(self, src: Mailbox, folder: FolderInfo, chunks: Sequence[Sequence[MessageRef]],
-                 before_fetch: Callable[[Sequence[MessageRef]], None]) -> None:
+                 before_fetch: Callable[[Sequence[MessageRef]], None], native: str | None = None) -> None:
         self._src, self._folder, self._chunks, self._before_fetch = src, folder, chunks, before_fetch
+        self._native = native
         self._queue: queue.Queue[object] = queue.Queue(maxsize=1)
         self._cancel = threading.Event()
         self._thread = threading.Thread(target=self._run, name="prefetch", daemon=True)
@@ -42,7 +43,7 @@ class Prefetcher:
                 if self._cancel.is_set():
                     return
                 self._before_fetch(chunk)
-                batch = list(self._src.fetch(self._folder, chunk))
+                batch = list(self._src.fetch(self._folder, chunk, native=self._native))
                 for message in batch:
                     _ = message.digest  # hashed here, while the caller appends the previous batch
                 if not self._put(batch):

@@ -110,6 +110,10 @@ class SimMessage:
         """`hasAttachments` does not count inline attachments."""
         return any(not a.is_inline for a in self.attachments)
 
+    def change_key(self) -> str:
+        """The item's version (outlookItem.changeKey): new with every change, the same in every API."""
+        return base64.b64encode(f"{self.id}:{self.version}".encode()).decode()[-28:]
+
     def attachment_id(self, index: int) -> str:
         return make_id("attachment", self.id, str(index))
 

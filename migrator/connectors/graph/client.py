@@ -109,6 +109,14 @@ class GraphClient:
         self.http.mount("https://", adapter)
         self._gates: dict[str, MailboxGate] = {}
         self._gates_lock = threading.Lock()
+        self._said: set[str] = set()
+
+    def first_time(self, notice: str) -> bool:
+        """True the first time this endpoint is to say `notice` (a warning worth one line, not one per mailbox)."""
+        with self._gates_lock:
+            new = notice not in self._said
+            self._said.add(notice)
+            return new
 
     def describe(self) -> str:
         return f"{self.config.role} graph {self.base_url}"

@@ -10,6 +10,20 @@ extended property set in the creating request, so settling an open intent is one
 message whose attachments go through upload sessions is created with a "pending-" tag that becomes the
 real tag only after the last upload: a crash in between leaves an incomplete copy that settling recognises
 by that tag and removes before copying again.
+
+Native copies (Graph to Graph, when both tenants offer the mailbox import/export API, native.py): the source
+exports each message as an opaque full-fidelity stream and the target imports it. The stream cannot carry
+our tag, and an imported item is indistinguishable from the customer's own mail (mail keeps arriving in
+target folders during a migration, and an earlier tool may have left identical copies there), so an item
+is never imported straight into a customer's folder. It is imported into our hidden staging folder
+(`STAGING`), which holds nothing but our imports; there it is found by the changeKey the import answers,
+given the tag by PATCH, and only then moved into its folder (an immutable id survives the move,
+https://learn.microsoft.com/en-us/graph/outlook-immutable-id). The tag of a native copy is a fingerprint of
+properties the import keeps (native.native_tag), so it is known before the import and computable from the
+staged item itself. After a crash an open intent's copy is therefore either in its folder carrying the tag
+(found by the same one filtered query as a MIME copy: done), or still in the staging folder, tagged or not
+(recognised by its fingerprint and removed, so the intent reads as never arrived and is copied again), or
+nowhere. Nothing in a customer's folder is ever adopted or removed by fingerprint, only by our tag.
 """
 
 from __future__ import annotations
@@ -23,7 +37,8 @@ from urllib.parse import quote
 
 from migrator.connectors.graph import mime
 from migrator.connectors.graph.client import MAILBOX_CONCURRENCY, GraphClient, GraphError, translate, translated
-from migrator.errors import FolderFailed, ItemFailed, StateError
+from migrator.connectors.graph.native import FINGERPRINTED, FORMAT, MailboxTransfer, native_tag, pages_of
+from migrator.errors import FolderFailed, ItemFailed, StateError, Transient
 from migrator.fingerprint import Attachment
 from migrator.model import (
     Capabilities,
@@ -44,6 +59,7 @@ PAGE = 500
 UPLOAD_CHUNK = 10 * 320 * 1024  # upload session chunks must be multiples of 320 KiB
 UPLOAD_SESSION_MINIMUM = 3 * 2**20  # smaller attachments are one POST; sessions refuse them
 PENDING = "pending-"
+STAGING = "Migrator staging"  # hidden folder (isHidden can be set only when creating a folder, mailfolder)
 KEPT_SYSTEM_FLAGS = frozenset({"\\Seen", "\\Flagged", "\\Draft", "\\Answered"})
 _LISTED = "id,receivedDateTime,isRead,isDraft,flag,categories"
 _EXPANDED = (f"singleValueExtendedProperties($filter=id eq '{mime.SIZE_PROPERTY}' "
@@ -69,6 +85,9 @@ class GraphMailbox:
         self._role_ids: dict[str, Role] | None = None  # Graph id -> role, read once a session
         self._pool = ThreadPoolExecutor(max_workers=MAILBOX_CONCURRENCY, thread_name_prefix="graph")
         self._waited_before = client.gate(address).throttled_seconds
+        self.transfer = MailboxTransfer(client, address, write=write)
+        self._joins: dict[str, dict[str, tuple[str, str]]] = {}  # folder path -> message id -> (item id, tag)
+        self._staging: tuple[str, str] | None = None  # (mail API id, import/export API id)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -89,7 +108,8 @@ class GraphMailbox:
         return Capabilities(append_returns_ids=True, bulk_append=False, preserves_bytes=False,
                             preserves_internal_date=True, special_use=True, change_cursor="delta",
                             max_message_size=self.max_message_size, raw=frozenset({"graph"}),
-                            system_flags=KEPT_SYSTEM_FLAGS, atom_keywords=False)
+                            system_flags=KEPT_SYSTEM_FLAGS, atom_keywords=False,
+                            native_formats=self.transfer.offered())
 
     # -- folders -----------------------------------------------------------------------------------------
 
@@ -227,7 +247,12 @@ class GraphMailbox:
                 continue
             return FolderChanges(list(changed.values()), removed, str(page["@odata.deltaLink"]), complete)
 
-    def fetch(self, folder: FolderInfo, refs: Sequence[MessageRef]) -> Iterator[RawMessage]:
+    def fetch(self, folder: FolderInfo, refs: Sequence[MessageRef], *, native: str | None = None
+              ) -> Iterator[RawMessage]:
+        """MIME from `$value`; with `native` FORMAT, exported streams wherever the API exports the item, and
+        MIME for the rest (items it cannot see or export)."""
+        exported = self._export(folder, refs) if native == FORMAT and FORMAT in self.transfer.offered() else {}
+
         def one(ref: MessageRef) -> RawMessage:
             try:
                 response = self.client.call("GET", self._url(f"/messages/{quote(ref.id, safe='')}/$value"),
@@ -238,14 +263,128 @@ class GraphMailbox:
                                        f"copying") from None
                 raise translate(exc, f"{self.context} fetch {ref.id}") from None
             return RawMessage(ref, response.content)
-        yield from self._parallel(one, refs)
+        rest = [ref for ref in refs if ref.id not in exported]
+        fetched = dict(zip([ref.id for ref in rest], self._parallel(one, rest), strict=True))
+        yield from (exported.get(ref.id) or fetched[ref.id] for ref in refs)
+
+    def _export(self, folder: FolderInfo, refs: Sequence[MessageRef]) -> dict[str, RawMessage]:
+        with translated(f"{self.context} export from {folder.path!r}"):
+            known = self._joined(folder, fresh=False)
+            if any(ref.id not in known for ref in refs):
+                known = self._joined(folder, fresh=True)
+            wanted = [(ref, *known[ref.id]) for ref in refs if ref.id in known]
+            streams: dict[str, bytes] = {}
+            for part in self._parallel(self.transfer.export, pages_of([item for _ref, item, _tag in wanted])):
+                streams.update(part)
+        return {ref.id: RawMessage(ref, streams[item], FORMAT, tag) for ref, item, tag in wanted if item in streams}
+
+    def _joined(self, folder: FolderInfo, *, fresh: bool) -> dict[str, tuple[str, str]]:
+        """message id -> (import/export API item id, native tag) for a folder: its two listings joined on
+        changeKey. An item changed between the two reads is left out (and copied through MIME)."""
+        if fresh or folder.path not in self._joins:
+            box_folder = self.transfer.folder_id(folder.path, SEPARATOR)
+            by_key = self.transfer.item_ids(box_folder) if box_folder else {}
+            url = self._url(f"/mailFolders/{self._folder_id(folder)}/messages?$select=changeKey,{FINGERPRINTED}"
+                            f"&$top={PAGE}")
+            self._joins[folder.path] = {str(m["id"]): (by_key[str(m["changeKey"])], native_tag(m))
+                                        for m in self.client.pages(url, self.address)
+                                        if str(m.get("changeKey")) in by_key}
+        return self._joins[folder.path]
 
     def watermark(self, folder: FolderInfo) -> str | None:
         return None  # copies are found by their tag, not by position
 
     def append(self, folder: FolderInfo, messages: Sequence[RawMessage]) -> Sequence[str | ItemFailed | None]:
         folder_id = self._folder_id(folder)
-        return self._parallel(lambda message: self._create(folder_id, message), messages)
+        native = [m.format == FORMAT for m in messages]
+        imported = iter(self._import(folder_id, [m for m, n in zip(messages, native, strict=True) if n]))
+        created = iter(self._parallel(lambda message: self._create(folder_id, message),
+                                      [m for m, n in zip(messages, native, strict=True) if not n]))
+        return [next(imported) if n else next(created) for n in native]
+
+    def _import(self, folder_id: str, messages: Sequence[RawMessage]) -> list[str | ItemFailed]:
+        """Native copies: import into the staging folder, find each there by the changeKey the import
+        answered, tag it, move it into `folder_id` (see the module docstring for why in this order)."""
+        if not messages:
+            return []
+        context = f"{self.context} import into folder {folder_id[:12]}…"
+        staging, box_staging = self._staging_folder()
+
+        def put(message: RawMessage) -> str | ItemFailed:
+            try:
+                return self.transfer.import_item(box_staging, message.body)
+            except GraphError as exc:
+                return _item_failure(exc, context)
+        with translated(context):
+            staged = self._in_staging(staging, messages, self._parallel(put, messages))
+
+        def place(item: tuple[RawMessage, str | ItemFailed | None]) -> str | ItemFailed:
+            message, staged_id = item
+            if isinstance(staged_id, ItemFailed):
+                return staged_id
+            if staged_id is None:
+                raise Transient(f"{context}: the imported item is not in the staging folder; settling removes it")
+            path = f"/messages/{quote(staged_id, safe='')}"
+            self.client.call("PATCH", self._url(path), self.address, json={"singleValueExtendedProperties": [
+                {"id": mime.TAG_PROPERTY, "value": message.digest}]})
+            moved = self.client.call("POST", self._url(f"{path}/move"), self.address, json={"destinationId": folder_id})
+            return str(moved.json()["id"])
+        with translated(context):
+            return self._parallel(place, list(zip(messages, staged, strict=True)))
+
+    def _in_staging(self, staging: str, messages: Sequence[RawMessage], keys: Sequence[str | ItemFailed]
+                    ) -> list[str | ItemFailed | None]:
+        """The mail API id of each import in the staging folder: the item whose changeKey the import
+        answered, else (should the two APIs ever word an item's version differently) a not yet claimed
+        staged item with the message's fingerprint. Everything in the staging folder is an import of ours,
+        and items with one fingerprint are copies of the same message as far as a tag can tell."""
+        url = self._url(f"/mailFolders/{staging}/messages?$select=changeKey,{FINGERPRINTED}&$top={PAGE}")
+        items = list(self.client.pages(url, self.address))
+        by_key = {str(item["changeKey"]): str(item["id"]) for item in items}
+        claimed = {by_key[key] for key in keys if isinstance(key, str) and key in by_key}
+        spare: dict[str, list[str]] = {}
+        for item in items:
+            if str(item["id"]) not in claimed:
+                spare.setdefault(native_tag(item), []).append(str(item["id"]))
+        found: list[str | ItemFailed | None] = []
+        for message, key in zip(messages, keys, strict=True):
+            pool = spare.get(message.digest, [])
+            found.append(key if isinstance(key, ItemFailed) else by_key.get(key) or (pool.pop() if pool else None))
+        return found
+
+    def _staging_folder(self) -> tuple[str, str]:
+        """The staging folder's ids in both APIs, created (hidden) on first use."""
+        if self._staging is None:
+            with translated(f"{self.context} staging folder"):
+                found = self._staging_id()
+                if found is None:
+                    try:
+                        found = str(self.client.call("POST", self._url("/mailFolders"), self.address,
+                                                     json={"displayName": STAGING, "isHidden": True}).json()["id"])
+                    except GraphError as exc:
+                        if exc.code != "ErrorFolderExists":
+                            raise
+                        found = self._staging_id()
+                box_id = self.transfer.folder_id(STAGING, SEPARATOR)
+            if found is None or box_id is None:
+                raise Transient(f"{self.context}: staging folder {STAGING!r} not visible to both APIs yet")
+            self._staging = (found, box_id)
+        return self._staging
+
+    def _staging_id(self) -> str | None:
+        condition = quote(f"displayName eq '{STAGING}'")
+        url = self._url(f"/mailFolders?includeHiddenFolders=true&$filter={condition}&$select=id")
+        return next((str(folder["id"]) for folder in self.client.pages(url, self.address)), None)
+
+    def _staged(self, tags: Sequence[CopyTag]) -> list[str]:
+        """Ids of imports still in the staging folder whose fingerprint is one of `tags`: copies a crash
+        stopped before their move. The staging folder holds only our imports."""
+        staging = self._staging[0] if self._staging else self._staging_id()
+        if staging is None:
+            return []
+        wanted = {tag.digest for tag in tags}
+        url = self._url(f"/mailFolders/{staging}/messages?$select={FINGERPRINTED}&$top={PAGE}")
+        return [str(item["id"]) for item in self.client.pages(url, self.address) if native_tag(item) in wanted]
 
     def _create(self, folder_id: str, message: RawMessage) -> str | ItemFailed:
         context = f"{self.context} create in folder {folder_id[:12]}…"
@@ -294,8 +433,9 @@ class GraphMailbox:
                                       "Content-Type": "application/octet-stream"})
 
     def find_tagged(self, folder: FolderInfo, tags: Sequence[CopyTag], since: str | None) -> dict[CopyTag, list[str]]:
-        """One filtered query per tag. Copies still tagged "pending-" never got all their attachments:
-        in a write session they are removed here, so the intent reads as never arrived and is copied anew."""
+        """One filtered query per tag. Copies still tagged "pending-" never got all their attachments, and
+        native copies still in the staging folder were never moved into place: in a write session both are
+        removed here, so the intent reads as never arrived and is copied anew."""
         folder_id = self._folder_id(folder)
 
         def tagged(value: str) -> list[str]:
@@ -311,7 +451,7 @@ class GraphMailbox:
             found = dict(zip(tags, self._parallel(lambda tag: tagged(tag.digest), tags), strict=True))
             if self.write:
                 partial = [i for ids in self._parallel(lambda tag: tagged(PENDING + tag.digest), tags) for i in ids]
-                self._delete_ids(partial)
+                self._delete_ids(partial + self._staged(tags))
         return {tag: ids for tag, ids in found.items() if ids}
 
     def set_flags(self, folder: FolderInfo, flags: Mapping[str, frozenset[str]]) -> None:
