@@ -46,11 +46,13 @@ class Transient(MigratorError):
 
 
 class Throttled(Transient):
-    """The server asked us to slow down; wait `retry_after` seconds. Not a failure."""
+    """The server asked us to slow down; wait `retry_after` seconds (0: it did not say). Not a failure.
+    `endpoint` is the role ("source", "target") of the server that said so, whose every task then waits."""
 
-    def __init__(self, message: str, retry_after: float) -> None:
+    def __init__(self, message: str, retry_after: float, endpoint: str | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.endpoint = endpoint
 
 
 class ItemFailed(MigratorError):

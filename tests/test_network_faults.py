@@ -94,10 +94,15 @@ class FaultBench:
         return [(s if self.side == "source" else t).name for s, t in self.lab.pairs]
 
     def write_config(self) -> None:
+        # One session pair per mailbox (as many connections as workers): cut points are chosen in a clean
+        # run's "first session of a user" and must find that session again when replayed, which folders
+        # spread over several session pairs would not give (engine/parallel.py; the kill tests use two).
+        extra = (f"{self.config_extra}[throttle.source]\nmax_connections = {self.workers}\n"
+                 f"[throttle.target]\nmax_connections = {self.workers}\n")
         if self.side == "source":
-            self.lab.write_config(self.config_extra, source_port=self.proxy.port)
+            self.lab.write_config(extra, source_port=self.proxy.port)
         else:
-            self.lab.write_config(self.config_extra, target_port=self.proxy.port)
+            self.lab.write_config(extra, target_port=self.proxy.port)
 
     def prepare(self) -> None:
         """init + discover + plan (through the proxy), keep a copy of the state store, measure a clean run."""

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
+from imapclient.exceptions import IMAPClientError
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
 from migrator.config import ThrottleConfig
-from migrator.throttle import Pacer, WindowBudget
+from migrator.connectors.imap import classify_failure
+from migrator.errors import Throttled
+from migrator.throttle import BACKOFF_CALM, Pacer, ServerBackoff, WindowBudget
 
 WINDOW = 30.0
 
@@ -136,3 +142,62 @@ def test_window_budget_lets_an_oversize_amount_through_an_empty_window() -> None
     budget.acquire(60)
     budget.acquire(500)
     assert time.elapsed == 5.0
+
+
+class FixedRandom(random.Random):
+    """Jitter at its largest (20 %), so the ladder's figures are exact."""
+
+    def random(self) -> float:
+        return 1.0
+
+
+def test_backoff_climbs_a_ladder_and_starts_again_after_calm() -> None:
+    time = FakeTime()
+    backoff = ServerBackoff(time.clock, FixedRandom())
+    holds = []
+    for _ in range(10):
+        holds.append(backoff.signal(None))
+        time.now += holds[-1]
+    assert holds == pytest.approx([2.4, 4.8, 9.6, 19.2, 38.4, 76.8, 153.6, 307.2, 360.0, 360.0])
+    time.now += BACKOFF_CALM + 1
+    assert backoff.signal(None) == pytest.approx(2.4)
+
+
+def test_backoff_takes_the_servers_own_figure() -> None:
+    """Office 365: "Request is throttled. Suggested Backoff Time: 214 milliseconds"."""
+    time = FakeTime()
+    backoff = ServerBackoff(time.clock, FixedRandom())
+    error = classify_failure(IMAPClientError("APPEND failed: Request is throttled. Suggested Backoff Time: "
+                                             "214 milliseconds"), "target imap://x:143 a@b APPEND", "target")
+    assert isinstance(error, Throttled) and error.endpoint == "target"
+    assert backoff.signal(error.retry_after) == pytest.approx(0.214)
+    unavailable = classify_failure(IMAPClientError("NO [UNAVAILABLE] Try again later"), "ctx", "source")
+    assert isinstance(unavailable, Throttled) and unavailable.retry_after == 0 and unavailable.endpoint == "source"
+
+
+def test_every_task_on_the_endpoint_waits_out_the_hold() -> None:
+    time = FakeTime()
+    backoff = ServerBackoff(time.clock, FixedRandom())
+    told, other = (Pacer(ThrottleConfig(), clock=time.clock, sleep=time.sleep, backoff=backoff) for _ in range(2))
+    assert told.acquire(1, 100) == 0.0
+    backoff.signal(3.0)
+    time.now += 1.0
+    assert other.acquire(1, 100) == pytest.approx(2.0), "a task that was not told waits the rest of the hold"
+    assert told.acquire(1, 100) == 0.0, "and the hold is over for everyone"
+
+
+def test_tenacity_retries_a_throttled_call_with_the_shared_hold() -> None:
+    time = FakeTime()
+    backoff = ServerBackoff(time.clock, FixedRandom())
+    answers: list[Exception | str] = [Throttled("busy", 0.0, "target"), Throttled("busy", 7.0, "target"), "done"]
+
+    def call() -> str:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    retrying = Retrying(retry=retry_if_exception_type(Throttled), wait=backoff.tenacity_wait, sleep=time.sleep,
+                        stop=stop_after_attempt(5), reraise=True)
+    assert retrying(call) == "done"
+    assert time.sleeps == pytest.approx([2.4, 7.0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -20,6 +21,7 @@ from migrator.cli.common import (
 from migrator.cli.verify import run_verify
 from migrator.engine.checkpoint import CrashHook
 from migrator.engine.dryrun import preview_mailbox
+from migrator.engine.parallel import MAX_SESSIONS_PER_MAILBOX, session_pairs
 from migrator.engine.scheduler import plan_mailboxes, queue_plan, run_queue
 from migrator.engine.worker import PassOptions, RunContext, logins_for
 from migrator.model import Stage
@@ -79,8 +81,12 @@ def run_command(plan_path: Path, stage: str, batches: tuple[str, ...], workers: 
         return _dry_run(ctx, plan, codes)
     queue_plan(session.engine, plan, plan_path, fingerprint, edited, stage, codes)
     config = session.config
-    count = workers or min(4, config.target_throttle.max_connections, config.source_throttle.max_connections)
-    summary = run_queue(ctx, plan, stage, codes, max(1, count))
+    connections = min(config.target_throttle.max_connections, config.source_throttle.max_connections)
+    count = max(1, workers or min(4, connections))
+    in_flight = min(count, sum(len(plan.batch(code).mailboxes) for code in codes))
+    ctx = replace(ctx, options=replace(ctx.options, folder_sessions=session_pairs(connections, in_flight,
+                                                                                  MAX_SESSIONS_PER_MAILBOX)))
+    summary = run_queue(ctx, plan, stage, codes, count)
     ctx.progress.finish()
     progress, c = ctx.progress, ctx.progress.counters
     click.echo(f"{stage}: {summary.jobs_done} mailboxes done, {summary.jobs_failed} failed; copied {c.messages} "

@@ -20,7 +20,7 @@ from migrator.store.db import reading
 @click.option("--checkpoints", "show_checkpoints", is_flag=True, help="List every pass's checkpoint (for rollback).")
 def status_command(config_path: Path, plan_name: str | None, as_json: bool, watch: bool,
                    show_checkpoints: bool) -> int:
-    """Jobs per plan, batch and stage, with copied and failed counts."""
+    """Jobs per plan, batch and stage, with copied and failed counts and the time they waited for throttling."""
     session = open_session(config_path)
     while True:
         with reading(session.engine) as conn:
@@ -30,7 +30,8 @@ def status_command(config_path: Path, plan_name: str | None, as_json: bool, watc
         if as_json:
             emit_json({"jobs": [{"plan": j.plan, "batch": j.batch, "stage": j.stage, "mailbox": names[j.mailbox_id],
                                  "state": j.state, "attempts": j.attempts, "copied": j.copied,
-                                 "copied_bytes": j.copied_bytes, "failed_items": j.failed, "error_kind": j.error_kind,
+                                 "copied_bytes": j.copied_bytes, "failed_items": j.failed,
+                                 "throttled_seconds": round(j.throttled_seconds, 1), "error_kind": j.error_kind,
                                  "error": j.error, "updated_at": j.updated_at.isoformat()} for j in jobs],
                        "checkpoints": [c | {"mailbox": names[c.pop("mailbox_id")]} for c in checkpoints]})
             return 0
@@ -50,8 +51,15 @@ def _render(jobs: list[work.JobStatus], names: dict[int, str]) -> None:
         click.echo("no jobs yet: run a plan with `migrator run plans/NAME.yaml --stage prestage`")
         return
     click.echo(f"{'plan':<12} {'batch':<6} {'stage':<9} {'mailbox':<32} {'state':<8} {'copied':>8} "
-               f"{'bytes':>10} {'failed':>6}")
+               f"{'bytes':>10} {'failed':>6} {'throttled':>9}")
     for j in jobs:
         error = f"  {j.error_kind}: {j.error}" if j.error else ""
         click.echo(f"{j.plan:<12} {j.batch:<6} {j.stage:<9} {names[j.mailbox_id]:<32} {j.state:<8} {j.copied:>8} "
-                   f"{human_size(j.copied_bytes):>10} {j.failed:>6}{error}")
+                   f"{human_size(j.copied_bytes):>10} {j.failed:>6} {_seconds(j.throttled_seconds):>9}{error}")
+    waited = sum(j.throttled_seconds for j in jobs)
+    if waited:
+        click.echo(f"{_seconds(waited)} waited for the servers' throttling or the configured limits (not failures)")
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.1f}s" if value else "-"

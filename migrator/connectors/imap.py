@@ -66,19 +66,20 @@ def _text(exc: BaseException) -> bytes:
     return str(exc).encode("utf-8", "replace")
 
 
-def classify_failure(exc: BaseException, context: str) -> MigratorError:
-    """Turn an imaplib/imapclient/socket failure into the error class that says what to do next."""
+def classify_failure(exc: BaseException, context: str, endpoint: str | None = None) -> MigratorError:
+    """Turn an imaplib/imapclient/socket failure into the error class that says what to do next; a Throttled
+    names the `endpoint` (role) that said so, and a retry_after of 0 where the server gave no figure."""
     raw = _text(exc)
     reason = raw.decode("utf-8", "replace").strip()
     if isinstance(exc, imap_errors.LoginError):
         if b"Maximum number of connections" in raw or b"[UNAVAILABLE]" in raw:
-            return Throttled(f"{context}: server refuses more connections: {reason}", retry_after=5.0)
+            return Throttled(f"{context}: server refuses more connections: {reason}", 0.0, endpoint)
         return AuthFailed(f"{context}: login refused: {reason}")
     backoff = _BACKOFF.search(raw)
     if backoff:
-        return Throttled(f"{context}: {reason}", retry_after=int(backoff.group(1)) / 1000)
+        return Throttled(f"{context}: {reason}", int(backoff.group(1)) / 1000, endpoint)
     if b"[THROTTLED]" in raw or b"[UNAVAILABLE]" in raw or b"Maximum number of connections" in raw:
-        return Throttled(f"{context}: {reason}", retry_after=5.0)
+        return Throttled(f"{context}: {reason}", 0.0, endpoint)
     if b"[OVERQUOTA]" in raw or b"Quota exceeded" in raw:
         return MailboxFailed(f"{context}: target quota full: {reason}", reason="quota")
     if b"[TOOBIG]" in raw or b"[LIMIT]" in raw or b"too large" in raw.lower():
@@ -89,13 +90,13 @@ def classify_failure(exc: BaseException, context: str) -> MigratorError:
 
 
 @contextmanager
-def _translated(context: str) -> Iterator[None]:
+def _translated(endpoint: str | None, context: str) -> Iterator[None]:
     try:
         yield
     except MigratorError:
         raise
     except (imap_errors.IMAPClientError, OSError, EOFError) as exc:
-        raise classify_failure(exc, context) from None
+        raise classify_failure(exc, context, endpoint) from None
 
 
 class ImapEndpoint:
@@ -144,7 +145,7 @@ class ImapEndpoint:
 
     def login(self, client: Any, login: Login) -> None:
         context = f"{self.config.describe()} as {login.user}"
-        with _translated(context):
+        with _translated(self.config.role, context):
             if self.tokens is not None:
                 self._xoauth2_login(client, login.user, context)
             elif login.password is not None:
@@ -172,7 +173,7 @@ class ImapEndpoint:
     def probe(self, on_behalf_of: str | None = None) -> Probe:
         client = self.connect()
         try:
-            with _translated(self.config.describe()):
+            with _translated(self.config.role, self.config.describe()):
                 capabilities = frozenset(c.decode() for c in client.capabilities())
                 admin = bool((self.config.admin_user or self.tokens) and on_behalf_of)
                 if self.tokens is not None and on_behalf_of:
@@ -191,7 +192,7 @@ class ImapEndpoint:
         client = self.connect()
         try:
             self.login(client, login)
-            yield ImapMailbox(client, f"{self.config.describe()} {login.address}")
+            yield ImapMailbox(client, f"{self.config.describe()} {login.address}", self.config.role)
         finally:
             _close(client)
 
@@ -232,13 +233,14 @@ def _flags(raw: tuple[bytes, ...]) -> frozenset[str]:
 class ImapMailbox:
     """One logged-in IMAP session on one mailbox."""
 
-    def __init__(self, client: Any, context: str) -> None:
+    def __init__(self, client: Any, context: str, role: str | None = None) -> None:
         self.client = client
         self.context = context
         self._selected: tuple[str, bool] | None = None
         self._selected_key = ""
         self._listed: dict[str, FolderInfo] = {}  # selectable folders of this session's last list_folders
-        with _translated(context):
+        self.role = role
+        with _translated(role, context):
             self._caps = frozenset(c.decode() for c in client.capabilities())
 
     def capabilities(self) -> Capabilities:
@@ -254,7 +256,7 @@ class ImapMailbox:
         if self._selected is not None and self._selected[0] == folder.path and (self._selected[1] or not write):
             key = self._selected_key
         else:
-            with _translated(f"{self.context} folder {folder.path!r}"):
+            with _translated(self.role, f"{self.context} folder {folder.path!r}"):
                 response: dict[bytes, Any] = self.client.select_folder(folder.path, readonly=not write)
             self._selected = (folder.path, write)
             key = self._selected_key = str(response.get(b"UIDVALIDITY", ""))
@@ -279,7 +281,7 @@ class ImapMailbox:
         return folders
 
     def _list(self) -> list[tuple[str, str | None, Role | None, bool]]:
-        with _translated(f"{self.context} LIST"):
+        with _translated(self.role, f"{self.context} LIST"):
             listing = self.client.list_folders()
         result = []
         for flags, delimiter, name in listing:
@@ -300,14 +302,14 @@ class ImapMailbox:
         separator = next((sep for sep, _r, _s in listed.values() if sep), None)
         if path in listed and listed[path][2]:
             return FolderInfo(path, listed[path][0], listed[path][1], str(self._status(path)[b"UIDVALIDITY"])), False
-        with _translated(f"{self.context} CREATE {path!r}"):
+        with _translated(self.role, f"{self.context} CREATE {path!r}"):
             self.client.create_folder(path)
         created = FolderInfo(path, separator, role, str(self._status(path)[b"UIDVALIDITY"]))
         self._listed[path] = created
         return created, True
 
     def _status(self, path: str, *extra: bytes) -> dict[bytes, Any]:
-        with _translated(f"{self.context} STATUS {path!r}"):
+        with _translated(self.role, f"{self.context} STATUS {path!r}"):
             result: dict[bytes, Any] = self.client.folder_status(path, [b"UIDVALIDITY", b"UIDNEXT", *extra])
         return result
 
@@ -317,7 +319,7 @@ class ImapMailbox:
         imapclient 4 cannot FETCH a "1:*" range (it filters replies by the ids asked for), so the UIDs come
         from UID SEARCH and are fetched in slices that keep command lines short.
         """
-        with _translated(f"{self.context} FETCH"):
+        with _translated(self.role, f"{self.context} FETCH"):
             uids = sorted(u for u in self.client.search(["UID", f"{floor}:*"]) if u >= floor)
         return self._refs(uids)
 
@@ -332,7 +334,7 @@ class ImapMailbox:
 
     def _uid_fetch(self, uids: Sequence[int], items: bytes, parse: Callable[[list[Any]], T]) -> T:
         """One UID FETCH, its untagged replies read by `parse` (see imap_fetch)."""
-        with _translated(f"{self.context} FETCH"):
+        with _translated(self.role, f"{self.context} FETCH"):
             data: list[Any] = self.client._command_and_check("fetch", imap_fetch.uid_set(sorted(uids)), items,
                                                              uid=True) if uids else []
             return parse([item for item in data if item is not None])
@@ -367,11 +369,11 @@ class ImapMailbox:
             args += [f"({flags})".encode(), f'"{datetime_to_INTERNALDATE(message.ref.internal_date)}"'.encode(),
                      _literal(message.body)]
         context = f"{self.context} APPEND to {folder.path!r}"
-        with _translated(context):
+        with _translated(self.role, context):
             typ, data = self.client._raw_command(b"APPEND", args, uid=False)
         text = b" ".join(d for d in data if isinstance(d, bytes))
         if typ != "OK":
-            raise classify_failure(imap_errors.IMAPClientError(text.decode("utf-8", "replace")), context)
+            raise classify_failure(imap_errors.IMAPClientError(text.decode("utf-8", "replace")), context, self.role)
         if "UIDPLUS" not in self._caps:  # an unadvertised APPENDUID is not a promise: callers search instead
             return [None] * len(messages)
         return _appended_uids(text, folder, len(messages))
@@ -394,7 +396,7 @@ class ImapMailbox:
         groups: dict[frozenset[str], list[int]] = {}
         for uid, wanted in flags.items():
             groups.setdefault(_storable(wanted), []).append(int(uid))
-        with _translated(f"{self.context} STORE in {folder.path!r}"):
+        with _translated(self.role, f"{self.context} STORE in {folder.path!r}"):
             for wanted, uids in groups.items():
                 self.client.set_flags(uids, [f.encode() for f in sorted(wanted)], silent=True)
 
@@ -403,7 +405,7 @@ class ImapMailbox:
         the source) lose the flag for the moment of a plain EXPUNGE and get it back right after."""
         self._select(folder, write=True)
         uids = [int(i) for i in ids]
-        with _translated(f"{self.context} EXPUNGE in {folder.path!r}"):
+        with _translated(self.role, f"{self.context} EXPUNGE in {folder.path!r}"):
             self.client.add_flags(uids, [b"\\Deleted"], silent=True)
             if "UIDPLUS" in self._caps:
                 self.client.uid_expunge(uids)
@@ -419,7 +421,7 @@ class ImapMailbox:
         """STORAGE of the INBOX's quota root (RFC 2087 counts it in units of 1024 octets)."""
         if "QUOTA" not in self._caps:
             return None
-        with _translated(f"{self.context} GETQUOTAROOT"):
+        with _translated(self.role, f"{self.context} GETQUOTAROOT"):
             _roots, quotas = self.client.get_quota_root("INBOX")
         storage = [q for q in quotas if q.resource.upper() == "STORAGE"]
         if not storage:
@@ -445,7 +447,7 @@ class ImapMailbox:
         if int(old_modseq) == modseq:
             return FolderChanges([], [], now, complete=False)
         self._select(folder, write=False)
-        with _translated(f"{self.context} SEARCH MODSEQ"):
+        with _translated(self.role, f"{self.context} SEARCH MODSEQ"):
             changed = sorted(self.client.search(["MODSEQ", str(int(old_modseq) + 1)]))
             remaining = frozenset(str(uid) for uid in self.client.search(["ALL"]))
         return FolderChanges(self._refs(changed), [], now, complete=False, remaining=remaining)
@@ -458,11 +460,11 @@ class ImapMailbox:
 
     def remove_folder(self, folder: FolderInfo) -> None:
         if self._selected and self._selected[0] == folder.path:
-            with _translated(f"{self.context} EXAMINE INBOX"):  # leaves the folder without CLOSE's expunge
+            with _translated(self.role, f"{self.context} EXAMINE INBOX"):  # leaves the folder without CLOSE's expunge
                 self.client.select_folder("INBOX", readonly=True)
             self._selected = None  # INBOX is open now, but its key was not read: select it anew when asked
         self._listed.pop(folder.path, None)
-        with _translated(f"{self.context} DELETE {folder.path!r}"):
+        with _translated(self.role, f"{self.context} DELETE {folder.path!r}"):
             self.client.delete_folder(folder.path)
 
 

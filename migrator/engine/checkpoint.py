@@ -64,6 +64,19 @@ class Journal:
         self.checkpoint_id = checkpoint_id
         self.stop = stop
         self.crash = crash
+        self._throttled = 0.0  # seconds waited for throttling, not yet in the checkpoint row
+        self._throttled_lock = threading.Lock()
+
+    def throttled(self, seconds: float) -> None:
+        """Seconds this pass waited for a server's throttling (any thread): kept with the next done rows."""
+        with self._throttled_lock:
+            self._throttled += seconds
+
+    def take_throttled(self) -> float:
+        """The waits not yet recorded, for the write that records them (and closes the checkpoint)."""
+        with self._throttled_lock:
+            seconds, self._throttled = self._throttled, 0.0
+        return seconds
 
     def _commit(self, action: Callable[[Connection], T]) -> T:
         with translate_db_errors(), self.engine.begin() as conn:
@@ -85,7 +98,8 @@ class Journal:
     def done(self, target_ids: Mapping[int, str], size: int) -> None:
         def write(conn: Connection) -> None:
             ledger.record_done(conn, self.lease, target_ids)
-            work.add_to_checkpoint(conn, self.checkpoint_id, copied=len(target_ids), copied_bytes=size)
+            work.add_to_checkpoint(conn, self.checkpoint_id, copied=len(target_ids), copied_bytes=size,
+                                   throttled_seconds=self.take_throttled())
         self._commit(write)
 
     def settled(self, target_ids: Mapping[int, str], dropped: Sequence[int], copied: int, size: int) -> None:

@@ -101,7 +101,7 @@ class FolderCopier:
 
     def _pace(self, batch: _Batch) -> None:
         waited = self.ctx.target_pacer.acquire(len(batch.messages), sum(len(m.body) for m in batch.messages))
-        self.ctx.progress.add(throttled=waited)
+        count_wait(self.ctx, self.journal, waited)
 
     def _wait(self) -> tuple[AppendResults | ItemFailed, _Batch] | None:
         """The outcome of the APPEND in flight (a refused bulk APPEND as its ItemFailed); other errors raise."""
@@ -134,6 +134,14 @@ class FolderCopier:
         open intents, which the next pass settles."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
+
+
+def count_wait(ctx: RunContext, journal: Journal, seconds: float) -> None:
+    """Time spent waiting for throttling (ours or the server's): counted for the run and the pass, never a
+    failure."""
+    if seconds > 0:
+        ctx.progress.add(throttled=seconds)
+        journal.throttled(seconds)
 
 
 def _clean(results: AppendResults | ItemFailed) -> bool:

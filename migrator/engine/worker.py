@@ -15,14 +15,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import Engine
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
 from migrator.accounting import Progress
 from migrator.config import Config, FilterConfig
 from migrator.connectors.base import Endpoint, Mailbox, open_mailbox
 from migrator.engine import diff
 from migrator.engine.checkpoint import CrashHook, Journal
-from migrator.engine.copier import FolderCopier
+from migrator.engine.copier import FolderCopier, count_wait
 from migrator.engine.mapping import FolderRoute, route_folders
+from migrator.engine.parallel import SessionPair, opener, run_folders
 from migrator.engine.prefetch import Prefetcher
 from migrator.engine.recovery import adopt_renamed_folders, check_source_key
 from migrator.errors import FolderFailed, Throttled, Transient
@@ -54,10 +56,12 @@ class RunContext:
 
 @dataclass(frozen=True)
 class PassOptions:
-    """What a person asked of this run beyond copying: propagate deletions, re-match reset folders."""
+    """What a person asked of this run beyond copying (propagate deletions, re-match reset folders), and how
+    many session pairs one mailbox may use (the connections the run can spare, see cli/run.py)."""
 
     sync_deletes: bool = False
     rematch_folders: frozenset[str] = frozenset()
+    folder_sessions: int = 1  # session pairs per mailbox (engine/parallel.py)
 
 
 MailboxPass = Callable[["RunContext", MailboxRecord, Journal], list[str]]
@@ -71,36 +75,47 @@ def logins_for(credentials: Mapping[str, MailboxEntry], record: MailboxRecord) -
 
 
 def run_mailbox_pass(ctx: RunContext, record: MailboxRecord, journal: Journal) -> list[str]:
-    """Copy one mailbox; returns folder-level problems (the pass went on past them). Raises MailboxFailed."""
+    """Copy one mailbox; returns folder-level problems (the pass went on past them). Raises MailboxFailed.
+
+    A transient failure (a lost connection, a server that throttles) re-runs the pass on new sessions,
+    which settles what the broken one left open: a write is never retried blind."""
     source_login, target_login = logins_for(ctx.credentials, record)
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        try:
+    retrying = Retrying(retry=retry_if_exception_type(Transient), stop=stop_after_attempt(MAX_ATTEMPTS),
+                        wait=lambda state: _retry_wait(ctx, journal, state), reraise=True,
+                        sleep=lambda seconds: _sleep_unless_stopped(ctx.stop, seconds))
+    for attempt in retrying:
+        with attempt:
+            journal.check_stop()
+            count_wait(ctx, journal, ctx.source_pacer.acquire(0, 0) + ctx.target_pacer.acquire(0, 0))
             with open_mailbox(ctx.source, source_login, write=False) as src, \
                     open_mailbox(ctx.target, target_login, write=True) as dst:
                 try:
                     return _copy_mailbox(ctx, record, journal, src, dst)
                 finally:
                     _count_server_waits(ctx, journal, src, dst)
-        except Throttled as exc:
-            if attempt == MAX_ATTEMPTS:
-                raise
-            journal.event("throttled", str(exc))
-            ctx.progress.add(throttled=exc.retry_after)
-            _sleep_unless_stopped(ctx.stop, exc.retry_after)
-        except Transient as exc:
-            if attempt == MAX_ATTEMPTS:
-                raise
-            journal.event("retry", f"attempt {attempt} of {MAX_ATTEMPTS}: {exc}")
-            _sleep_unless_stopped(ctx.stop, min(30.0, 0.5 * 2**attempt))
-        journal.check_stop()
-    raise AssertionError("unreachable")
+    raise AssertionError("unreachable: tenacity re-raises the last failure")
+
+
+def _retry_wait(ctx: RunContext, journal: Journal, state: RetryCallState) -> float:
+    """Before the next attempt: a throttling server holds every task on its endpoint (the pacer's shared
+    back-off); other transient failures wait 1, 2, 4 ... seconds, this pass alone."""
+    error = state.outcome.exception() if state.outcome is not None else None
+    if isinstance(error, Throttled):
+        pacer = ctx.target_pacer if error.endpoint == "target" else ctx.source_pacer
+        assert pacer.backoff is not None
+        delay = pacer.backoff.tenacity_wait(state)
+        journal.event("throttled", f"{error}; every worker on the {error.endpoint or 'source'} waits {delay:.1f} s")
+        count_wait(ctx, journal, delay)
+        return delay
+    journal.event("retry", f"attempt {state.attempt_number} of {MAX_ATTEMPTS}: {error}")
+    return float(min(30.0, 0.5 * 2**state.attempt_number))
 
 
 def _count_server_waits(ctx: RunContext, journal: Journal, src: Mailbox, dst: Mailbox) -> None:
     """Waits the connectors spent inside requests (Graph's 429s and budgets): throttled, not failed."""
     waited = src.throttled_seconds() + dst.throttled_seconds()
     if waited > 0:
-        ctx.progress.add(throttled=waited)
+        count_wait(ctx, journal, waited)
         journal.event("throttled", f"waited {waited:.1f} s for the servers' throttling (source and target)")
 
 
@@ -128,16 +143,50 @@ def _copy_mailbox(ctx: RunContext, record: MailboxRecord, journal: Journal, src:
         with reading(ctx.engine) as conn:
             states = ledger.folder_states(conn, record.id)
     existing = {f.path for f in target_folders}
-    problems = []
+    native = _native_format(journal, src, dst)
+    problems: list[str] = []
+
+    def folder_failed(exc: FolderFailed) -> None:
+        journal.event("folder-failed", str(exc))
+        problems.append(str(exc))
+
+    jobs: list[tuple[FolderRoute, FolderInfo]] = []
     for route in routes:
         journal.check_stop()
         try:
-            target = _target_folder(dst, route, known_targets, existing, journal)
-            _sync_folder(ctx, record, journal, src, dst, route.source, target, states.get(route.source.path, {}))
+            jobs.append((route, _target_folder(dst, route, known_targets, existing, journal)))
         except FolderFailed as exc:
-            journal.event("folder-failed", str(exc))
-            problems.append(str(exc))
+            folder_failed(exc)
+
+    def sync(pair: SessionPair, job: tuple[FolderRoute, FolderInfo]) -> None:
+        journal.check_stop()
+        route, target = job
+        _sync_folder(ctx, record, journal, pair[0], pair[1], route.source, target, states.get(route.source.path, {}),
+                     native)
+
+    pairs = ctx.options.folder_sessions
+    if pairs > 1:
+        jobs.sort(key=lambda job: -job[0].source.messages)  # the largest first: they set the pass's length
+    source_login, target_login = logins_for(ctx.credentials, record)
+    open_pair = opener(lambda: open_mailbox(ctx.source, source_login, write=False),
+                       lambda: open_mailbox(ctx.target, target_login, write=True))
+    run_folders(jobs, pairs, (src, dst), open_pair, sync, folder_failed,
+                lambda pair: _count_server_waits(ctx, journal, *pair))
     return problems
+
+
+def _native_format(journal: Journal, src: Mailbox, dst: Mailbox) -> str | None:
+    """A format both endpoints offer besides MIME (a full-fidelity copy), or None. Each pass negotiates
+    anew: copies of either kind carry their own tag, so a later pass in the other mode settles and skips
+    them alike. The source is asked first: asking may cost requests, and the most common migration, IMAP
+    into Exchange, then asks Exchange nothing."""
+    offered = src.capabilities().native_formats
+    if not offered:
+        return None
+    shared = sorted(offered & dst.capabilities().native_formats)
+    journal.event("copy-mode", f"native format {shared[0]}: full-fidelity copies" if shared else
+                  f"MIME: the target takes none of the source's native formats ({', '.join(sorted(offered))})")
+    return shared[0] if shared else None
 
 
 def _target_folder(dst: Mailbox, route: FolderRoute, known: Mapping[str, TargetFolderRecord],
@@ -164,8 +213,10 @@ def _entries(ctx: RunContext, record: MailboxRecord, folder: FolderInfo) -> list
 
 
 def _sync_folder(ctx: RunContext, record: MailboxRecord, journal: Journal, src: Mailbox, dst: Mailbox,
-                 folder: FolderInfo, target: FolderInfo, states: Mapping[tuple[str, str], int]) -> None:
-    """`states` counts the folder's ledger rows per (source key, state) as the pass began. A folder with
+                 folder: FolderInfo, target: FolderInfo, states: Mapping[tuple[str, str], int],
+                 native: str | None) -> None:
+    """`states` counts the folder's ledger rows per (source key, state) as the pass began; `native` is the
+    format both ends share, if any (messages the source cannot export so still come as MIME). A folder with
     no open intent and no row of another UIDVALIDITY needs no row to settle or check; if the source then
     says nothing changed since the cursor the last pass kept, the ledger already holds everything that
     pass acted on and none of its rows is read."""
@@ -204,7 +255,7 @@ def _sync_folder(ctx: RunContext, record: MailboxRecord, journal: Journal, src: 
         journal.flags({lid: flags for lid, (_tid, flags) in actions.flag_updates.items()})
         ctx.progress.add(flag_updates=len(actions.flag_updates))
     chunks = diff.chunk_refs(actions.copy, CHUNK_MESSAGES, CHUNK_BYTES)
-    with Prefetcher(src, folder, chunks, lambda chunk: _pace_source(ctx, chunk)) as batches, \
+    with Prefetcher(src, folder, chunks, lambda chunk: _pace_source(ctx, journal, chunk), native) as batches, \
             FolderCopier(ctx, journal, dst, folder, target) as copier:
         for messages in batches:
             copier.copy(messages)
@@ -309,5 +360,5 @@ def settle_intents(ctx: RunContext, record: MailboxRecord, journal: Journal, dst
                                  f"{len(outcome.dropped)} never arrived and will be copied")
 
 
-def _pace_source(ctx: RunContext, chunk: Sequence[MessageRef]) -> None:
-    ctx.progress.add(throttled=ctx.source_pacer.acquire(len(chunk), sum(ref.size for ref in chunk)))
+def _pace_source(ctx: RunContext, journal: Journal, chunk: Sequence[MessageRef]) -> None:
+    count_wait(ctx, journal, ctx.source_pacer.acquire(len(chunk), sum(ref.size for ref in chunk)))

@@ -6,6 +6,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -109,6 +110,7 @@ checkpoint = Table(
     Column("copied_bytes", BigInteger, nullable=False, default=0),
     Column("flag_updates", Integer, nullable=False, default=0),
     Column("failed", Integer, nullable=False, default=0),
+    Column("throttled_seconds", Float, nullable=False, default=0.0, server_default="0"),
 )
 
 target_folder = Table(

@@ -166,16 +166,18 @@ def open_checkpoint(conn: Connection, lease: Lease, mailbox_id: int, stage: str)
 
 
 def add_to_checkpoint(conn: Connection, checkpoint_id: int, *, copied: int = 0, copied_bytes: int = 0,
-                      flag_updates: int = 0, failed: int = 0) -> None:
+                      flag_updates: int = 0, failed: int = 0, throttled_seconds: float = 0.0) -> None:
     c = checkpoint.c
     conn.execute(update(checkpoint).where(c.id == checkpoint_id).values(
         copied=c.copied + copied, copied_bytes=c.copied_bytes + copied_bytes,
-        flag_updates=c.flag_updates + flag_updates, failed=c.failed + failed))
+        flag_updates=c.flag_updates + flag_updates, failed=c.failed + failed,
+        throttled_seconds=c.throttled_seconds + throttled_seconds))
 
 
-def close_checkpoint(conn: Connection, checkpoint_id: int, outcome: str) -> None:
-    conn.execute(update(checkpoint).where(checkpoint.c.id == checkpoint_id)
-                 .values(finished_at=utcnow(), outcome=outcome))
+def close_checkpoint(conn: Connection, checkpoint_id: int, outcome: str, throttled_seconds: float = 0.0) -> None:
+    conn.execute(update(checkpoint).where(checkpoint.c.id == checkpoint_id).values(
+        finished_at=utcnow(), outcome=outcome,
+        throttled_seconds=checkpoint.c.throttled_seconds + throttled_seconds))
 
 
 def log_event(conn: Connection, kind: str, message: str, mailbox_id: int | None = None,
@@ -197,20 +199,23 @@ class JobStatus:
     copied: int
     copied_bytes: int
     failed: int
+    throttled_seconds: float = 0.0
 
 
 def job_statuses(conn: Connection, plan_name: str | None = None) -> list[JobStatus]:
     """Every job with the counts summed over all its checkpoints, for `status` and reports."""
-    totals = (select(checkpoint.c.job_id, *[
-        func.coalesce(func.sum(checkpoint.c[name]), 0).label(name) for name in ("copied", "copied_bytes", "failed")])
-        .group_by(checkpoint.c.job_id).subquery())
-    query = (select(job, batch.c.plan_name, batch.c.code, totals.c.copied, totals.c.copied_bytes, totals.c.failed)
+    summed = ("copied", "copied_bytes", "failed", "throttled_seconds")
+    sums = [func.coalesce(func.sum(checkpoint.c[name]), 0).label(name) for name in summed]
+    totals = select(checkpoint.c.job_id, *sums).group_by(checkpoint.c.job_id).subquery()
+    query = (select(job, batch.c.plan_name, batch.c.code, totals.c.copied, totals.c.copied_bytes, totals.c.failed,
+                    totals.c.throttled_seconds)
              .join(batch, batch.c.id == job.c.batch_id).outerjoin(totals, totals.c.job_id == job.c.id)
              .order_by(batch.c.plan_name, batch.c.code, job.c.stage, job.c.mailbox_id))
     if plan_name:
         query = query.where(batch.c.plan_name == plan_name)
     return [JobStatus(r.plan_name, r.code, r.stage, r.mailbox_id, r.state, r.attempts, r.error_kind, r.error,
-                      r.updated_at, r.copied or 0, r.copied_bytes or 0, r.failed or 0) for r in conn.execute(query)]
+                      r.updated_at, r.copied or 0, r.copied_bytes or 0, r.failed or 0, float(r.throttled_seconds or 0))
+            for r in conn.execute(query)]
 
 
 def checkpoint_rows(conn: Connection, plan_name: str | None = None) -> list[dict[str, Any]]:

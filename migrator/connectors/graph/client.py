@@ -155,7 +155,7 @@ class GraphClient:
                 continue
             raise _graph_error(response)
         raise Throttled(f"{self.describe()} {mailbox}: still throttled after {MAX_WAITS} waits",
-                        retry_after=_retry_after(response))
+                        retry_after=_retry_after(response), endpoint=self.config.role)
 
     def _send(self, method: str, url: str, data: bytes | None, headers: Mapping[str, str] | None,
               token: str | None) -> requests.Response:
