@@ -65,21 +65,23 @@ class Journal:
         self.stop = stop
         self.crash = crash
         self._throttled = 0.0  # seconds waited for throttling, not yet in the checkpoint row
-        self._throttled_lock = threading.Lock()
+        self._pending_lock = threading.Lock()
+        self._cursors: dict[str, tuple[str, str, str]] = {}  # folder -> (key, cursor, basis), not yet written
 
     def throttled(self, seconds: float) -> None:
         """Seconds this pass waited for a server's throttling (any thread): kept with the next done rows."""
-        with self._throttled_lock:
+        with self._pending_lock:
             self._throttled += seconds
 
     def take_throttled(self) -> float:
         """The waits not yet recorded, for the write that records them (and closes the checkpoint)."""
-        with self._throttled_lock:
+        with self._pending_lock:
             seconds, self._throttled = self._throttled, 0.0
         return seconds
 
     def _commit(self, action: Callable[[Connection], T]) -> T:
         with translate_db_errors(), self.engine.begin() as conn:
+            self.write_cursors(conn)
             result = action(conn)
         self.crash.step()
         return result
@@ -139,7 +141,19 @@ class Journal:
         self._commit(write)
 
     def cursor(self, folder: str, folder_key: str, cursor: str, basis: str) -> None:
-        self._commit(lambda c: ledger.keep_cursor(c, self.lease, self.mailbox_id, folder, folder_key, cursor, basis))
+        """Keep a folder's change cursor: every change up to it has been acted on and recorded. Written with
+        the next commit of this pass (or as the pass ends) rather than in a transaction of its own: a delta
+        pass touches many folders with a few changes each, and a cursor lost to a crash only means the
+        next pass reads those changes again."""
+        with self._pending_lock:
+            self._cursors[folder] = (folder_key, cursor, basis)
+
+    def write_cursors(self, conn: Connection) -> None:
+        """The kept cursors not yet written, in the caller's transaction."""
+        with self._pending_lock:
+            pending, self._cursors = self._cursors, {}
+        for folder, (folder_key, cursor, basis) in pending.items():
+            ledger.keep_cursor(conn, self.lease, self.mailbox_id, folder, folder_key, cursor, basis)
 
     def forget(self, ledger_ids: Sequence[int]) -> None:
         self._commit(lambda c: ledger.forget(c, self.lease, ledger_ids))
