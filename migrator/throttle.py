@@ -80,7 +80,7 @@ class ServerBackoff:
 class Pacer:
     config: ThrottleConfig
     clock: Callable[[], float] = time.monotonic
-    sleep: Callable[[float], None] = time.sleep
+    sleep: Callable[[float], object] = time.sleep  # e.g. a stop event's wait, which ends early
     backoff: ServerBackoff | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _buckets: dict[str, _Bucket] = field(default_factory=dict)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 
 import pytest
 from imapclient.exceptions import IMAPClientError
@@ -201,3 +202,16 @@ def test_tenacity_retries_a_throttled_call_with_the_shared_hold() -> None:
                         stop=stop_after_attempt(5), reraise=True)
     assert retrying(call) == "done"
     assert time.sleeps == pytest.approx([2.4, 7.0])
+
+
+def test_a_stop_ends_a_long_hold() -> None:
+    """run gives its pacers the stop event's wait as their sleep: Ctrl-C must not sit out a 5-minute hold."""
+    stop = threading.Event()
+    pacer = Pacer(ThrottleConfig(), sleep=stop.wait)
+    assert pacer.backoff is not None
+    pacer.backoff.signal(300.0)
+    waiter = threading.Thread(target=pacer.acquire, args=(1, 100))
+    waiter.start()
+    stop.set()
+    waiter.join(timeout=30)
+    assert not waiter.is_alive()

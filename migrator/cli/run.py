@@ -48,8 +48,11 @@ def work_context(session: Session, plan: Plan, codes: Sequence[str], mailboxes_p
     stop = threading.Event()
     install_stop_handlers(stop)
     total = sum(m.messages for code in codes for m in plan.batch(code).mailboxes)
-    return RunContext(config, session.engine, source, target, Pacer(config.source_throttle),
-                      Pacer(config.target_throttle), Progress(total_messages=total), stop, CrashHook(), logins, options)
+    # a pacer's waits (a server's hold can last minutes) end early when a stop is asked for
+    source_pacer, target_pacer = (Pacer(throttle, sleep=stop.wait) for throttle in
+                                  (config.source_throttle, config.target_throttle))
+    return RunContext(config, session.engine, source, target, source_pacer, target_pacer,
+                      Progress(total_messages=total), stop, CrashHook(), logins, options)
 
 
 @click.command("run")
