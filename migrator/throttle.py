@@ -11,7 +11,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 
 from tenacity import RetryCallState
 
@@ -81,14 +81,14 @@ class Pacer:
     config: ThrottleConfig
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], object] = time.sleep  # e.g. a stop event's wait, which ends early
-    backoff: ServerBackoff | None = None
+    backoff: InitVar[ServerBackoff | None] = None  # shared with other pacers (tests); else one of its own
+    hold: ServerBackoff = field(init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _buckets: dict[str, _Bucket] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, backoff: ServerBackoff | None) -> None:
         now = self.clock()
-        if self.backoff is None:
-            self.backoff = ServerBackoff(self.clock)
+        self.hold = backoff or ServerBackoff(self.clock)
         for name, rate in (("messages", self.config.messages_per_second), ("bytes", self.config.bytes_per_second)):
             if rate:
                 # one second of burst: enough to fill a batch, small enough to keep any window honest
@@ -97,8 +97,7 @@ class Pacer:
     def acquire(self, messages: int, size: int) -> float:
         """Block until the endpoint's hold is over and `messages` and `size` bytes may be sent; returns the
         seconds waited."""
-        assert self.backoff is not None
-        held = self.backoff.remaining()
+        held = self.hold.remaining()
         if held > 0:
             self.sleep(held)
         with self._lock:

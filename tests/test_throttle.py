@@ -208,8 +208,7 @@ def test_a_stop_ends_a_long_hold() -> None:
     """run gives its pacers the stop event's wait as their sleep: Ctrl-C must not sit out a 5-minute hold."""
     stop = threading.Event()
     pacer = Pacer(ThrottleConfig(), sleep=stop.wait)
-    assert pacer.backoff is not None
-    pacer.backoff.signal(300.0)
+    pacer.hold.signal(300.0)
     waiter = threading.Thread(target=pacer.acquire, args=(1, 100))
     waiter.start()
     stop.set()

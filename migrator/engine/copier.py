@@ -116,12 +116,7 @@ class FolderCopier:
         return results, batch
 
     def _record(self, results: AppendResults | ItemFailed, batch: _Batch) -> None:
-        if isinstance(results, ItemFailed):
-            _bulk_refused(self.ctx, self.journal, self.dst, self.folder, self.target, batch.messages,
-                          batch.ledger_ids, results)
-            return
-        self.journal.effect_done()
-        _appended(self.ctx, self.journal, self.dst, self.target, self.folder, batch.messages, batch.ledger_ids,
+        _recorded(self.ctx, self.journal, self.dst, self.folder, self.target, batch.messages, batch.ledger_ids,
                   results, self._watermark)
 
     def _collect(self) -> None:
@@ -153,9 +148,19 @@ def _append(ctx: RunContext, journal: Journal, dst: Mailbox, folder: FolderInfo,
             messages: Sequence[RawMessage], ledger_ids: Mapping[str, int]) -> None:
     since = None if dst.capabilities().append_returns_ids else dst.watermark(target)
     try:
-        results = dst.append(target, messages)
+        results: AppendResults | ItemFailed = dst.append(target, messages)
     except ItemFailed as exc:
-        _bulk_refused(ctx, journal, dst, folder, target, messages, ledger_ids, exc)
+        results = exc
+    _recorded(ctx, journal, dst, folder, target, messages, ledger_ids, results, since)
+
+
+def _recorded(ctx: RunContext, journal: Journal, dst: Mailbox, folder: FolderInfo, target: FolderInfo,
+              messages: Sequence[RawMessage], ledger_ids: Mapping[str, int], results: AppendResults | ItemFailed,
+              since: str | None) -> None:
+    """An APPEND's outcome into the ledger: a refused bulk APPEND (stored nothing) is retried message by
+    message; otherwise done rows, failed items, and a search by tag for ids the target did not name."""
+    if isinstance(results, ItemFailed):
+        _bulk_refused(ctx, journal, dst, folder, target, messages, ledger_ids, results)
         return
     journal.effect_done()
     _appended(ctx, journal, dst, target, folder, messages, ledger_ids, results, since)

@@ -102,8 +102,7 @@ def _retry_wait(ctx: RunContext, journal: Journal, state: RetryCallState) -> flo
     error = state.outcome.exception() if state.outcome is not None else None
     if isinstance(error, Throttled):
         pacer = ctx.target_pacer if error.endpoint == "target" else ctx.source_pacer
-        assert pacer.backoff is not None
-        delay = pacer.backoff.tenacity_wait(state)
+        delay = pacer.hold.tenacity_wait(state)
         journal.event("throttled", f"{error}; every worker on the {error.endpoint or 'source'} waits {delay:.1f} s")
         count_wait(ctx, journal, delay)
         return delay
