@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from migrator.config import EndpointConfig
+from migrator.connectors.graph import GraphEndpoint
 from migrator.connectors.graph.mailbox import KEPT_SYSTEM_FLAGS
 from migrator.connectors.graph.mime import LAST_VERB_PROPERTY
 from migrator.lab.corpus import CorpusMessage, mailbox_snapshot
@@ -29,6 +31,7 @@ from tests.mssim.identity import IdentityPlatform
 from tests.mssim.tls import TestCA
 
 GRAPH_AUDIENCE = "https://graph.microsoft.com"
+BATCH = "POST /$batch"  # the simulator's request counter key of a JSON batch
 EXCHANGE_FLAGS = Capabilities(system_flags=KEPT_SYSTEM_FLAGS, atom_keywords=False)
 # Where the corpus's IMAP folders land in an Exchange mailbox (role folders by their Exchange names).
 EXCHANGE_NAMES = {"INBOX": "Inbox", "Sent": "Sent Items", "Trash": "Deleted Items", "Junk": "Junk Email",
@@ -83,6 +86,31 @@ def cloud(lab_root: Path) -> Iterator[Cloud]:
     with ExitStack() as stack:
         identity = stack.enter_context(IdentityPlatform(ca))
         yield Cloud(ca, identity, stack)
+
+
+ONE_MAILBOX = "carol@example.org"
+ONE_MAILBOX_SECRET_ENV = "GRAPH_ONE_MAILBOX_SECRET"
+OneMailbox = Callable[..., tuple[GraphEndpoint, GraphSimulator]]
+
+
+def graph_config(tenant: Tenant, *, base_url: str | None = None, secret_env: str = "CONTRACT_SECRET") -> EndpointConfig:
+    options = {"tenant_id": tenant.tenant_id, "client_id": tenant.client_id,
+               "authority": tenant.identity.authority(tenant.tenant_id), "base_url": base_url or tenant.graph.base_url}
+    return EndpointConfig("target", "graph", "", 443, "tls", None, None, tenant.ca.ca_path, False, 10.0,
+                          options | {"client_secret_env": secret_env})
+
+
+@pytest.fixture
+def one_mailbox_tenant(cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> OneMailbox:
+    """A tenant (simulator options as keywords) with the mailbox ONE_MAILBOX, and the connector on it."""
+
+    def make(**graph_options: Any) -> tuple[GraphEndpoint, GraphSimulator]:
+        tenant = cloud.tenant("target", **graph_options)
+        tenant.graph.add_user(ONE_MAILBOX)
+        monkeypatch.setenv(ONE_MAILBOX_SECRET_ENV, tenant.secret)
+        return GraphEndpoint(graph_config(tenant, secret_env=ONE_MAILBOX_SECRET_ENV)), tenant.graph
+
+    return make
 
 
 def exchange_path(imap_folder: str) -> str:
@@ -142,3 +170,16 @@ def imap_contents(server: DovecotServer, user: LabUser) -> dict[str, Counter[tup
     return {exchange_path(folder): Counter((fingerprint, EXCHANGE_FLAGS.storable_flags(flags), date)
                                            for fingerprint, flags, date in messages)
             for folder, messages in snapshot.items()}
+
+
+def request_counts(*graphs: GraphSimulator) -> tuple[int, int]:
+    """(HTTP requests, requests counted against the mailbox budgets) the simulators saw: a `$batch` envelope is
+    one HTTP request, each of its sub-requests one against the budget."""
+    total = sum(sum(graph.requests.values()) for graph in graphs)
+    return (total - sum(sum(graph.sub_requests.values()) for graph in graphs),
+            total - sum(graph.requests[BATCH] for graph in graphs))
+
+
+def reset_counts(graph: GraphSimulator) -> None:
+    graph.requests.clear()
+    graph.sub_requests.clear()

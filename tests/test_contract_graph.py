@@ -7,23 +7,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from migrator.config import EndpointConfig
 from migrator.connectors.base import open_mailbox
 from migrator.connectors.graph import GraphEndpoint
 from migrator.lab.dovecot import free_port
 from migrator.model import Login
 from tests.contract import *  # noqa: F403
 from tests.contract import Contract
-from tests.graph_fixtures import Cloud, Tenant
+from tests.graph_fixtures import Cloud, graph_config
 
 ADDRESS = "carol@example.org"
-
-
-def graph_config(tenant: Tenant, *, base_url: str | None = None, secret_env: str = "CONTRACT_SECRET") -> EndpointConfig:
-    options = {"tenant_id": tenant.tenant_id, "client_id": tenant.client_id,
-               "authority": tenant.identity.authority(tenant.tenant_id), "base_url": base_url or tenant.graph.base_url}
-    return EndpointConfig("target", "graph", "", 443, "tls", None, None, tenant.ca.ca_path, False, 10.0,
-                          options | {"client_secret_env": secret_env})
 
 
 @pytest.fixture

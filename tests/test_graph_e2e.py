@@ -23,12 +23,23 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from imapclient import IMAPClient
 
 from migrator.connectors.graph.mime import LAST_VERB_PROPERTY, TAG_PROPERTY
 from migrator.lab.corpus import CorpusSpec, generate_corpus, load_corpus, mailbox_snapshot
 from migrator.lab.dovecot import DovecotServer, LabUser
 from migrator.model import Capabilities
-from tests.graph_fixtures import EXCHANGE_FLAGS, Cloud, Tenant, graph_contents, graph_flags, imap_contents, seed_graph
+from tests.graph_fixtures import (
+    EXCHANGE_FLAGS,
+    Cloud,
+    Tenant,
+    graph_contents,
+    graph_flags,
+    imap_contents,
+    request_counts,
+    reset_counts,
+    seed_graph,
+)
 from tests.imap_fixtures import Project
 from tests.mssim.graph import GraphSimulator, SimMessage
 
@@ -36,6 +47,8 @@ USERS = [LabUser("alice", "alice-pw"), LabUser("bob", "bob-pw")]
 T = TypeVar("T")
 IMAP_FLAGS = Capabilities()
 SPEC = CorpusSpec(messages_per_mailbox=12, large_attachments=1, include_cpython_samples=True)
+UPDATE = "PATCH /users/{u}/messages/{m}"  # the simulator's request counter keys
+DELETE = "DELETE /users/{u}/messages/{m}"
 
 
 @dataclass
@@ -99,10 +112,12 @@ def assert_graph_holds_source(source: DovecotServer, tenant: Tenant, *, exact: b
 
 def test_imap_to_graph_copies_verifies_and_rolls_back(imap_source: DovecotServer, cloud: Cloud,
                                                               lab_root: Path) -> None:
+    """A copy into Graph, verified deep, a no-op pass, a delta of flag changes and a rollback; the flag changes
+    and the rollback's deletions travel in JSON batches (`$batch`), each message's request counted once."""
     tenant = cloud.tenant("target")
     project = to_graph_project(lab_root, imap_source, tenant)
     out = project.run()
-    copy_requests = sum(tenant.graph.requests.values())
+    copy_requests = request_counts(tenant.graph)
     assert_graph_holds_source(imap_source, tenant)
     for user in USERS:
         drafts = [m for path in tenant.graph.folders(f"{user.name}@new.example") if path != "Drafts"
@@ -118,18 +133,48 @@ def test_imap_to_graph_copies_verifies_and_rolls_back(imap_source: DovecotServer
     assert tenant.secret.encode() not in dump
     assert b"Bearer" not in dump and b"eyJ" not in dump, "no access token in the store or the -v log"
     messages = sum(sum(c.values()) for u in USERS for c in imap_contents(imap_source, u).values())
-    print(f"Graph requests per migrated message: {copy_requests / messages:.2f} for the copy, "
-          f"{sum(tenant.graph.requests.values()) / messages:.2f} with a no-op pass and verify --deep; "
+    print(f"Graph requests per migrated message: {per_message(copy_requests, messages)} for the copy, "
+          f"{per_message(request_counts(tenant.graph), messages)} with a no-op pass and verify --deep; "
           f"{dict(tenant.graph.requests.most_common(6))}")
 
+    toggled = sum(toggle_seen_in_inbox(imap_source, user) for user in USERS)
+    reset_counts(tenant.graph)
+    assert f"{toggled} flag updates" in project.run("delta")
+    assert_graph_holds_source(imap_source, tenant)
+    assert tenant.graph.requests[UPDATE] == toggled, "one PATCH per changed message"
+    assert tenant.graph.sub_requests[UPDATE] >= toggled - len(USERS), "batched, but for a lone last one per Inbox"
+    print(f"Graph requests per flag change: {per_message(request_counts(tenant.graph), toggled)} for the delta")
+
+    reset_counts(tenant.graph)
     project.migrator("rollback", "plans/wave1.yaml", "--batch", "B01", "--yes")
     project.migrator("rollback", "plans/wave1.yaml", "--batch", "B02", "--yes")
+    folders = sum(1 for u in USERS for c in imap_contents(imap_source, u).values() if c)
+    assert tenant.graph.requests[DELETE] == messages, "one DELETE per copy"
+    assert tenant.graph.sub_requests[DELETE] >= messages - folders, "batched, but for a lone last one per folder"
+    print(f"Graph requests per rolled back message: {per_message(request_counts(tenant.graph), messages)}")
     for user in USERS:
         address = f"{user.name}@new.example"
         left = {path: len(tenant.graph.messages(address, path)) for path in tenant.graph.folders(address)}
         assert not any(left.values()), f"rollback left messages: {left}"
         assert "Projects" not in tenant.graph.folders(address), "folders we created must go"
         assert "Inbox" in tenant.graph.folders(address), "folders that were there stay"
+
+
+def per_message(counts: tuple[int, int], messages: int) -> str:
+    return f"{counts[0] / messages:.2f} HTTP ({counts[1] / messages:.2f} against the budget)"
+
+
+def toggle_seen_in_inbox(server: DovecotServer, user: LabUser) -> int:
+    """Every INBOX message of `user` read becomes unread and the other way round; returns how many."""
+    with IMAPClient(server.host, server.port, ssl=False) as client:
+        client.login(user.name, user.password)
+        client.select_folder("INBOX")
+        seen, unseen = client.search("SEEN"), client.search("UNSEEN")
+        if seen:
+            client.remove_flags(seen, [b"\\Seen"])
+        if unseen:
+            client.add_flags(unseen, [b"\\Seen"])
+    return len(seen) + len(unseen)
 
 
 def test_graph_to_imap_keeps_what_graph_serves_byte_for_byte(dovecot: None, lab_root: Path, cloud: Cloud) -> None:
@@ -200,10 +245,11 @@ def print_requests_per_message(mode: str, source: Tenant, target: Tenant) -> Non
     """Requests both tenants saw so far per message of the source mailboxes (print with -s)."""
     messages = sum(len(source.graph.messages(f"{u.name}@old.example", p)) for u in USERS
                    for p in source.graph.folders(f"{u.name}@old.example"))
-    requests = source.graph.requests + target.graph.requests
-    print(f"Graph requests per migrated message, {mode}: {sum(requests.values()) / messages:.2f} for the copy "
-          f"(source {sum(source.graph.requests.values()) / messages:.2f}, "
-          f"target {sum(target.graph.requests.values()) / messages:.2f}); {dict(requests.most_common(8))}")
+    print(f"Graph requests per migrated message, {mode}: "
+          f"{per_message(request_counts(source.graph, target.graph), messages)} for the copy "
+          f"(source {per_message(request_counts(source.graph), messages)}, "
+          f"target {per_message(request_counts(target.graph), messages)}); "
+          f"{dict((source.graph.requests + target.graph.requests).most_common(8))}")
 
 
 def stored(graph: GraphSimulator, address: str) -> dict[str, Counter[tuple[Any, ...]]]:
@@ -230,8 +276,8 @@ def test_graph_to_graph_native_full_fidelity_verify_and_rollback(lab_root: Path,
     twin = inbox[1]  # the customer already has this very message in the target's Inbox
     target.graph.add_message(alice_new, "Inbox", source.graph.mime(alice_old, twin.id), received=twin.received)
     before = {user.name: stored(target.graph, f"{user.name}@new.example") for user in USERS}
-    source.graph.requests.clear()
-    target.graph.requests.clear()
+    reset_counts(source.graph)
+    reset_counts(target.graph)
     project.run()
     requests = source.graph.requests + target.graph.requests
     assert not [key for key in requests if key.endswith("/$value")], "native mode reads no MIME"

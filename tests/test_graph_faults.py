@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Collection, Iterator
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -44,19 +44,16 @@ from migrator.lab.dovecot import DovecotServer, LabUser
 from migrator.model import CopyTag, Login, MessageRef, RawMessage
 from migrator.planning.planfile import read_plan
 from tests.contract import content_key
-from tests.graph_fixtures import Cloud, Tenant, graph_contents, imap_contents
+from tests.graph_fixtures import ONE_MAILBOX as ADDRESS
+from tests.graph_fixtures import Cloud, OneMailbox, Tenant, graph_contents, imap_contents
 from tests.imap_fixtures import store_dump
 from tests.mssim.graph import GraphSimulator
 from tests.test_bad_input import one_line_error
-from tests.test_contract_graph import graph_config
 from tests.test_graph_e2e import GraphProject, imap_block, non_empty
 
 USERS = [LabUser("alice", "alice-pw"), LabUser("bob", "bob-pw")]
 SPEC = CorpusSpec(messages_per_mailbox=8, large_attachments=1, include_cpython_samples=False)
 CREATE = "POST /users/{u}/mailFolders/{f}/messages"  # the simulator's request counter key for a create
-ADDRESS = "carol@example.org"
-SECRET_ENV = "GRAPH_FAULTS_SECRET"
-Connect = Callable[..., tuple[GraphEndpoint, GraphSimulator]]
 
 
 def spec_for(index: int) -> CorpusSpec:
@@ -249,25 +246,13 @@ def mail(index: int, attachment: bytes = b"") -> RawMessage:
 LOGIN = Login(ADDRESS, ADDRESS)
 
 
-@pytest.fixture
-def connect(cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> Connect:
-    """A tenant (simulator options as keywords) with one mailbox, and the connector on it."""
-
-    def make(**graph_options: Any) -> tuple[GraphEndpoint, GraphSimulator]:
-        tenant = cloud.tenant("target", **graph_options)
-        tenant.graph.add_user(ADDRESS)
-        monkeypatch.setenv(SECRET_ENV, tenant.secret)
-        return GraphEndpoint(graph_config(tenant, secret_env=SECRET_ENV)), tenant.graph
-
-    return make
-
-
-def test_request_budget_is_kept_by_pacing_not_by_429s(connect: Connect, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_request_budget_is_kept_by_pacing_not_by_429s(one_mailbox_tenant: OneMailbox,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """The gate spends a window's budget at once and then paces at the window's rate: with the budget
     scaled down to 20 requests per 2 s on both sides, 60 creates take about 4 s and draw no 429."""
     monkeypatch.setattr(graph_client, "REQUESTS_PER_WINDOW", 20)
     monkeypatch.setattr(graph_client, "REQUEST_WINDOW", 2)
-    endpoint, graph = connect(requests_per_window=20, request_window_seconds=2.0)
+    endpoint, graph = one_mailbox_tenant(requests_per_window=20, request_window_seconds=2.0)
     with open_mailbox(endpoint, LOGIN, write=True) as mailbox:
         folder, _ = mailbox.ensure_folder("Paced", None)
         ids = mailbox.append(folder, [mail(i) for i in range(60)])
@@ -276,10 +261,10 @@ def test_request_budget_is_kept_by_pacing_not_by_429s(connect: Connect, monkeypa
     assert graph.throttled == 0, "the budget was kept by pacing, not discovered through 429s"
 
 
-def test_503_and_502_are_retried_by_the_client_on_reads_and_writes(connect: Connect) -> None:
+def test_503_and_502_are_retried_by_the_client_on_reads_and_writes(one_mailbox_tenant: OneMailbox) -> None:
     """503 (Retry-After 1) on creates, a listing and $value, 502 on $value: retried inside the client, so the
     caller sees none of them; the refused creates were not applied and every message is there once."""
-    endpoint, graph = connect(retry_after_seconds=1)
+    endpoint, graph = one_mailbox_tenant(retry_after_seconds=1)
     sent = [mail(i) for i in range(6)]
     with open_mailbox(endpoint, LOGIN, write=True) as mailbox:
         folder, _ = mailbox.ensure_folder("Faults", None)
@@ -296,11 +281,11 @@ def test_503_and_502_are_retried_by_the_client_on_reads_and_writes(connect: Conn
 
 
 @pytest.mark.parametrize("status", [502, 504])
-def test_gateway_error_after_a_create_is_never_resent_blind(connect: Connect, status: int) -> None:
+def test_gateway_error_after_a_create_is_never_resent_blind(one_mailbox_tenant: OneMailbox, status: int) -> None:
     """A 502 or 504 to a create says nothing about whether the create was applied (the gateway lost the
     backend's answer): resending it could make a second copy. The connector reports it as Transient, and the
     tag settles it: exactly one copy of every message."""
-    endpoint, graph = connect()
+    endpoint, graph = one_mailbox_tenant()
     sent = [mail(i) for i in range(4)]
     with open_mailbox(endpoint, LOGIN, write=True) as mailbox:
         folder, _ = mailbox.ensure_folder("Faults", None)
@@ -333,10 +318,10 @@ def exported(endpoint: GraphEndpoint, graph: GraphSimulator, count: int) -> list
     return messages
 
 
-def test_expired_import_session_is_renewed_and_nothing_is_imported_twice(connect: Connect) -> None:
+def test_expired_import_session_is_renewed_and_nothing_is_imported_twice(one_mailbox_tenant: OneMailbox) -> None:
     """The import URL expires (its token embedded, https://learn.microsoft.com/en-us/graph/import-exchange-mailbox-
     item): the refused import created nothing, so the connector renews the session once and imports again."""
-    endpoint, graph = connect()
+    endpoint, graph = one_mailbox_tenant()
     sent = exported(endpoint, graph, 3)
     with open_mailbox(endpoint, LOGIN, write=True) as mailbox:
         folder, _ = mailbox.ensure_folder("Imported", None)
@@ -351,10 +336,10 @@ def test_expired_import_session_is_renewed_and_nothing_is_imported_twice(connect
 
 
 def test_imports_whose_changekey_the_mail_api_words_otherwise_are_found_by_fingerprint(
-        connect: Connect, monkeypatch: pytest.MonkeyPatch) -> None:
+        one_mailbox_tenant: OneMailbox, monkeypatch: pytest.MonkeyPatch) -> None:
     """Should the import answer a changeKey the mail API does not show, each staged item is still claimed once, by
     its fingerprint among the staging folder's unclaimed items: every message placed once, nothing left behind."""
-    endpoint, graph = connect()
+    endpoint, graph = one_mailbox_tenant()
     sent = exported(endpoint, graph, 3)
     imported = MailboxTransfer.import_item
     monkeypatch.setattr(MailboxTransfer, "import_item", lambda self, folder, data: "x" + imported(self, folder, data))
@@ -367,11 +352,12 @@ def test_imports_whose_changekey_the_mail_api_words_otherwise_are_found_by_finge
 
 
 @pytest.mark.parametrize("lost", ["import", "tag", "move"])
-def test_native_copy_interrupted_at_each_step_settles_to_exactly_one_copy(connect: Connect, lost: str) -> None:
+def test_native_copy_interrupted_at_each_step_settles_to_exactly_one_copy(one_mailbox_tenant: OneMailbox,
+                                                                          lost: str) -> None:
     """A native copy is import (into the staging folder), PATCH of the tag, move. The import's reply lost, the tag
     refused, the move's reply lost: the append fails, and settling then finds the moved copy by its tag, or removes
     what is left in the staging folder so the message is copied again; never a second copy, never a leftover."""
-    endpoint, graph = connect()
+    endpoint, graph = one_mailbox_tenant()
     sent = exported(endpoint, graph, 3)
     tags = [CopyTag(m.digest, len(m.body)) for m in sent]
     fault = {"import": ("POST", "importItem", 502, True), "tag": ("PATCH", "/messages/", 400, False),
@@ -460,10 +446,10 @@ def test_too_large_items_fail_alone_are_listed_by_verify_and_never_retried(
     assert_exact(source, tenant, leave_out=too_large)
 
 
-def test_too_large_attachment_upload_leaves_no_partial_copy(connect: Connect) -> None:
+def test_too_large_attachment_upload_leaves_no_partial_copy(one_mailbox_tenant: OneMailbox) -> None:
     """A 3.5 MB attachment goes through an upload session after the create; the tenant refuses it as too large.
     The item fails `too-large`, and the half-made message must not stay behind."""
-    endpoint, _graph = connect(max_message_size=2**20)
+    endpoint, _graph = one_mailbox_tenant(max_message_size=2**20)
     big = mail(1, os.urandom(3_500_000))
     with open_mailbox(endpoint, LOGIN, write=True) as mailbox:
         folder, _ = mailbox.ensure_folder("Faults", None)

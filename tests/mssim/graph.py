@@ -348,7 +348,8 @@ class GraphSimulator(ImportExportApi):
         self.import_export = import_export
         self.import_session_seconds = import_session_seconds
         self._import_sessions: dict[str, ImportSession] = {}
-        self.requests: Counter[str] = Counter()
+        self.requests: Counter[str] = Counter()  # by route key, each sub-request of a $batch included
+        self.sub_requests: Counter[str] = Counter()  # the part of `requests` that came inside a $batch
         self.throttled = 0
         self.base_url = ""
         self._origin = ""
@@ -631,9 +632,11 @@ class GraphSimulator(ImportExportApi):
                 return self._error(GraphError(500, "InternalServerError", f"Simulator error: {err!r}"))
         return self._execute(req, route)
 
-    def _count(self, key: str) -> None:
+    def _count(self, key: str, *, sub_request: bool = False) -> None:
         with self._count_lock:
             self.requests[key] += 1
+            if sub_request:
+                self.sub_requests[key] += 1
 
     def _too_large(self) -> _Resp:
         """"S/MIME message payloads are currently limited to 4 MB. Submission attempts that exceed this limit will
@@ -879,9 +882,9 @@ class GraphSimulator(ImportExportApi):
         try:
             route = self._route(sub)
         except GraphError as err:
-            self._count(f"{sub.method} ?")
+            self._count(f"{sub.method} ?", sub_request=True)
             return self._error(err)
-        self._count(route.key)
+        self._count(route.key, sub_request=True)
         if route.handler == "batch":
             return self._error(GraphError(400, "BadRequest", "A batch cannot contain a batch."))
         fault = self._take_fault(sub.method, sub.full, sub_request=True)

@@ -5,11 +5,15 @@ digest of its Graph id, so a folder deleted and recreated under the same name re
 role UIDVALIDITY plays for IMAP). Message ids are immutable ids, stable across moves.
 
 Writes: each message is created by a JSON POST (see mime.py for why not MIME), four at a time, the per-mailbox
-concurrency Outlook allows. The copy's idempotency tag (the SHA-256 of the source bytes) is a named
-extended property set in the creating request, so settling an open intent is one filtered query. A
-message whose attachments go through upload sessions is created with a "pending-" tag that becomes the
-real tag only after the last upload: a crash in between leaves an incomplete copy that settling recognises
-by that tag and removes before copying again.
+concurrency Outlook allows. The copy's idempotency tag (the SHA-256 of the source bytes) is a named extended
+property set in the creating request, so settling an open intent is one filtered query. A message whose
+attachments go through upload sessions is created with a "pending-" tag that becomes the real tag only after
+the last upload: a crash in between leaves an incomplete copy that settling recognises by that tag and removes
+before copying again.
+
+Requests that create nothing (tag queries, flag changes, deletions, the well-known folder reads) go in chained
+JSON batches, up to four at a time (client.py). Creates stay one request each: a create whose answer is lost
+is then one open intent, settled by its tag, and never sent again blind.
 
 Native copies (Graph to Graph, when both tenants offer the mailbox import/export API, native.py): the source
 exports each message as an opaque full-fidelity stream and the target imports it. The stream cannot carry
@@ -36,7 +40,16 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 from migrator.connectors.graph import mime
-from migrator.connectors.graph.client import MAILBOX_CONCURRENCY, GraphClient, GraphError, translate, translated
+from migrator.connectors.graph.client import (
+    MAILBOX_CONCURRENCY,
+    Answer,
+    GraphClient,
+    GraphError,
+    SubRequest,
+    spread,
+    translate,
+    translated,
+)
 from migrator.connectors.graph.native import FINGERPRINTED, FORMAT, MailboxTransfer, native_tag, pages_of
 from migrator.errors import FolderFailed, ItemFailed, StateError, Transient
 from migrator.fingerprint import Attachment
@@ -93,7 +106,11 @@ class GraphMailbox:
         self._pool.shutdown(wait=True)
 
     def _parallel(self, function: Callable[[T], R], items: Iterable[T]) -> list[R]:
-        """Results in order; the first failure is raised after every request in flight has ended."""
+        """Results in order; the first failure is raised after every request in flight has ended. A lone item
+        runs in the calling thread, which may then be one of the pool's own (it would wait on itself)."""
+        items = list(items)
+        if len(items) == 1:
+            return [function(items[0])]
         futures = [self._pool.submit(function, item) for item in items]
         errors = [f.exception() for f in futures]
         first = next((e for e in errors if e is not None), None)
@@ -103,6 +120,17 @@ class GraphMailbox:
 
     def _url(self, path: str) -> str:
         return self.client.user_url(self.address, path)
+
+    def _message_url(self, message_id: str, path: str = "") -> str:
+        return self._url(f"/messages/{quote(message_id, safe='')}{path}")
+
+    def _batched(self, requests: Sequence[SubRequest], *, missing_ok: bool = False) -> list[dict[str, Any]]:
+        """The answers to `requests` in order, sent as chained JSON batches spread over the mailbox's slots
+        (client.batch); the first refusal is raised once every batch has ended, but with `missing_ok` a 404
+        (already gone, or no such well-known folder) answers {}."""
+        def send(part: Sequence[SubRequest]) -> list[dict[str, Any]]:
+            return [_accepted(answer, missing_ok) for answer in self.client.batch(self.address, part)]
+        return [answer for answers in self._parallel(send, spread(requests)) for answer in answers]
 
     def capabilities(self) -> Capabilities:
         return Capabilities(append_returns_ids=True, bulk_append=False, preserves_bytes=False,
@@ -119,16 +147,10 @@ class GraphMailbox:
         return self._role_ids
 
     def _read_roles(self) -> dict[str, Role]:
-        roles = {}
-        for name, role in WELL_KNOWN.items():
-            try:
-                found = self.client.get_json(self._url(f"/mailFolders/{name}?$select=id"), self.address)
-            except GraphError as exc:
-                if exc.status == 404:  # e.g. no archive folder in this mailbox
-                    continue
-                raise translate(exc, f"{self.context} folder {name}") from None
-            roles[str(found["id"])] = role
-        return roles
+        """Graph id -> role of the well-known folders the mailbox has (404: e.g. no archive folder)."""
+        found = self._batched([SubRequest("GET", self._url(f"/mailFolders/{name}?$select=id")) for name in WELL_KNOWN],
+                              missing_ok=True)
+        return {str(folder["id"]): role for folder, role in zip(found, WELL_KNOWN.values(), strict=True) if folder}
 
     def _walk(self, url: str, parent: str) -> Iterator[tuple[str, dict[str, Any]]]:
         for folder in self.client.pages(url, self.address):
@@ -255,8 +277,7 @@ class GraphMailbox:
 
         def one(ref: MessageRef) -> RawMessage:
             try:
-                response = self.client.call("GET", self._url(f"/messages/{quote(ref.id, safe='')}/$value"),
-                                            self.address)
+                response = self.client.call("GET", self._message_url(ref.id, "/$value"), self.address)
             except GraphError as exc:
                 if exc.status == 404:
                     raise FolderFailed(f"{self.context} folder {folder.path!r}: message {ref.id} vanished while "
@@ -324,10 +345,9 @@ class GraphMailbox:
                 return staged_id
             if staged_id is None:
                 raise Transient(f"{context}: the imported item is not in the staging folder; settling removes it")
-            path = f"/messages/{quote(staged_id, safe='')}"
-            self.client.call("PATCH", self._url(path), self.address, json={"singleValueExtendedProperties": [
-                {"id": mime.TAG_PROPERTY, "value": message.digest}]})
-            moved = self.client.call("POST", self._url(f"{path}/move"), self.address, json={"destinationId": folder_id})
+            self._set_tag(staged_id, message.digest)
+            moved = self.client.call("POST", self._message_url(staged_id, "/move"), self.address,
+                                     json={"destinationId": folder_id})
             return str(moved.json()["id"])
         with translated(context):
             return self._parallel(place, list(zip(messages, staged, strict=True)))
@@ -403,19 +423,21 @@ class GraphMailbox:
             try:
                 for attachment in planned.uploads:
                     self._upload(message_id, attachment)
-                self.client.call("PATCH", self._url(f"/messages/{quote(message_id, safe='')}"), self.address,
-                                 json={"singleValueExtendedProperties": [
-                                     {"id": mime.TAG_PROPERTY, "value": message.digest}]})
+                self._set_tag(message_id, message.digest)
             except GraphError as exc:
                 failure = _item_failure(exc, context)
                 self._delete_ids([message_id])  # refused for good: no incomplete copy may stay behind
                 return failure
         return message_id
 
+    def _set_tag(self, message_id: str, digest: str) -> None:
+        self.client.call("PATCH", self._message_url(message_id), self.address,
+                         json={"singleValueExtendedProperties": [{"id": mime.TAG_PROPERTY, "value": digest}]})
+
     def _upload(self, message_id: str, attachment: Attachment) -> None:
         """An attachment added after the create: one POST under 3 MB, else an upload session of ordered
         chunks to a pre-authenticated URL (https://learn.microsoft.com/en-us/graph/outlook-large-attachments)."""
-        attachments = self._url(f"/messages/{quote(message_id, safe='')}/attachments")
+        attachments = self._message_url(message_id, "/attachments")
         if len(attachment.data) < UPLOAD_SESSION_MINIMUM:
             self.client.call("POST", attachments, self.address, json=mime.file_attachment(attachment))
             return
@@ -433,49 +455,46 @@ class GraphMailbox:
                                       "Content-Type": "application/octet-stream"})
 
     def find_tagged(self, folder: FolderInfo, tags: Sequence[CopyTag], since: str | None) -> dict[CopyTag, list[str]]:
-        """One filtered query per tag. Copies still tagged "pending-" never got all their attachments, and
-        native copies still in the staging folder were never moved into place: in a write session both are
-        removed here, so the intent reads as never arrived and is copied anew."""
+        """One filtered query per tag, batched. Copies still tagged "pending-" never got all their attachments,
+        and native copies still in the staging folder were never moved into place: in a write session both
+        are removed here, so the intent reads as never arrived and is copied anew."""
         folder_id = self._folder_id(folder)
+        values = [tag.digest for tag in tags] + ([PENDING + tag.digest for tag in tags] if self.write else [])
+        with translated(f"{self.context} find copies in {folder.path!r}"):
+            found = self._tagged(folder_id, values)
+            if self.write:
+                self._delete_ids([i for ids in found[len(tags):] for i in ids] + self._staged(tags))
+        return {tag: ids for tag, ids in zip(tags, found[:len(tags)], strict=True) if ids}
 
-        def tagged(value: str) -> list[str]:
+    def _tagged(self, folder_id: str, values: Sequence[str]) -> list[list[str]]:
+        """For each tag value, the ids of the messages in the folder carrying it, oldest copy first."""
+        def query(value: str) -> SubRequest:
             condition = (f"singleValueExtendedProperties/Any(ep: ep/id eq '{mime.TAG_PROPERTY}' "
                          f"and ep/value eq '{value}')")
-            url = self._url(f"/mailFolders/{folder_id}/messages?$filter={quote(condition)}"
-                            f"&$select=id,createdDateTime&$top={PAGE}")
-            items = sorted(self.client.pages(url, self.address), key=lambda i: (str(i.get("createdDateTime")),
-                                                                                  str(i["id"])))
-            return [str(item["id"]) for item in items]
+            return SubRequest("GET", self._url(f"/mailFolders/{folder_id}/messages?$filter={quote(condition)}"
+                                               f"&$select=id,createdDateTime&$top={PAGE}"))
 
-        with translated(f"{self.context} find copies in {folder.path!r}"):
-            found = dict(zip(tags, self._parallel(lambda tag: tagged(tag.digest), tags), strict=True))
-            if self.write:
-                partial = [i for ids in self._parallel(lambda tag: tagged(PENDING + tag.digest), tags) for i in ids]
-                self._delete_ids(partial + self._staged(tags))
-        return {tag: ids for tag, ids in found.items() if ids}
+        def ids(page: dict[str, Any]) -> list[str]:
+            items = list(page.get("value", []))
+            if page.get("@odata.nextLink"):
+                items += self.client.pages(str(page["@odata.nextLink"]), self.address)
+            return [str(i["id"]) for i in sorted(items, key=lambda i: (str(i.get("createdDateTime")), str(i["id"])))]
+        return [ids(page) for page in self._batched([query(value) for value in values])]
 
     def set_flags(self, folder: FolderInfo, flags: Mapping[str, frozenset[str]]) -> None:
-        def patch(item: tuple[str, frozenset[str]]) -> None:
-            self.client.call("PATCH", self._url(f"/messages/{quote(item[0], safe='')}"), self.address,
-                             json=mime.flag_update(item[1]))
         with translated(f"{self.context} flags in {folder.path!r}"):
-            self._parallel(patch, flags.items())
+            self._batched([SubRequest("PATCH", self._message_url(message_id), mime.flag_update(wanted))
+                           for message_id, wanted in flags.items()])
 
     def delete(self, folder: FolderInfo, ids: Sequence[str]) -> None:
         with translated(f"{self.context} delete in {folder.path!r}"):
             self._delete_ids(ids)
 
     def _delete_ids(self, ids: Sequence[str]) -> None:
+        """Already gone (404: a retried deletion whose first answer was lost) is what we wanted."""
         if ids and not self.write:
             raise StateError(f"{self.context}: delete on a read-only session")
-
-        def remove(message_id: str) -> None:
-            try:
-                self.client.call("DELETE", self._url(f"/messages/{quote(message_id, safe='')}"), self.address)
-            except GraphError as exc:
-                if exc.status != 404:  # already gone is what we wanted
-                    raise
-        self._parallel(remove, ids)
+        self._batched([SubRequest("DELETE", self._message_url(message_id)) for message_id in ids], missing_ok=True)
 
     def throttled_seconds(self) -> float:
         return self.client.gate(self.address).throttled_seconds - self._waited_before
@@ -497,6 +516,14 @@ class GraphMailbox:
                            for recipient in (rule.get("actions") or {}).get(action) or []})
         status = str((settings.get("automaticRepliesSetting") or {}).get("status", "disabled"))
         return CutoverSettings(tuple(forwards), status.lower() != "disabled")
+
+
+def _accepted(answer: Answer, missing_ok: bool) -> dict[str, Any]:
+    if isinstance(answer, GraphError):
+        if missing_ok and answer.status == 404:
+            return {}
+        raise answer
+    return answer
 
 
 def _item_failure(exc: GraphError, context: str) -> ItemFailed:
