@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, delete, func, insert, select, update
+from sqlalchemy import Column, Connection, Row, bindparam, delete, func, insert, select, update
 
+from migrator.errors import StateError
 from migrator.store.records import Lease, LedgerEntry, PendingCopy, TargetFolderRecord, utcnow
 from migrator.store.schema import ledger, source_cursor, target_folder
 from migrator.store.work import renew_lease
@@ -95,30 +97,68 @@ def record_intents(conn: Connection, lease: Lease, mailbox_id: int, checkpoint_i
                    copies: Sequence[PendingCopy]) -> list[int]:
     """Write intent rows (one transaction with the lease check); returns their ids in order.
 
-    One multi-row INSERT ... RETURNING (SQLAlchemy's "insertmanyvalues", ids sorted by parameter order) rather
-    than a statement per row: a batch of 50 rows costs one compiled statement, not 50."""
+    The two statements a copied message costs (this INSERT and record_done's UPDATE) are the ledger's hot
+    path: sent as driver SQL, they cost half the CPU that SQLAlchemy's per-row parameter processing did.
+    The INSERT is one multi-row statement per 50 rows whose RETURNING names each row's
+    source message, so ids are matched to copies by the row's unique key, not by an order neither
+    database promises."""
     renew_lease(conn, lease)
     if not copies:
         return []
-    now = utcnow()
-    rows = [{
-        "mailbox_id": mailbox_id, "source_folder": copy.source_folder, "source_key": copy.source_key,
-        "source_id": copy.source_id, "digest": copy.digest, "size": copy.size,
-        "flags": encode_flags(copy.flags), "internal_date": copy.internal_date,
-        "target_folder": copy.target_folder, "target_key": copy.target_key, "watermark": copy.watermark,
-        "state": INTENT, "checkpoint_id": checkpoint_id, "created_at": now,
-    } for copy in copies]
-    inserted = conn.execute(insert(ledger).returning(ledger.c.id, sort_by_parameter_order=True), rows)
-    return [int(row_id) for row_id in inserted.scalars()]
+    stamp = _driver_value(conn, ledger.c.created_at, utcnow())
+    ids: dict[tuple[str, str, str], int] = {}
+    for start in range(0, len(copies), _ROWS_PER_INSERT):
+        part = copies[start:start + _ROWS_PER_INSERT]
+        values = [value for copy in part for value in (
+            mailbox_id, copy.source_folder, copy.source_key, copy.source_id, copy.digest, copy.size,
+            encode_flags(copy.flags), copy.internal_date, copy.target_folder, copy.target_key, copy.watermark,
+            INTENT, checkpoint_id, stamp)]
+        inserted = conn.exec_driver_sql(_insert_intents_sql(_placeholder(conn), len(part)), tuple(values))
+        ids.update(((folder, key, source_id), int(row_id)) for row_id, folder, key, source_id in inserted)
+    return [ids[(copy.source_folder, copy.source_key, copy.source_id)] for copy in copies]
 
 
 def record_done(conn: Connection, lease: Lease, target_ids: Mapping[int, str]) -> None:
-    """Mark intents done with the target id each copy got."""
+    """Mark intents done with the target id each copy got (driver SQL: see record_intents)."""
     renew_lease(conn, lease)
     if target_ids:
-        conn.execute(update(ledger).where(ledger.c.id == bindparam("ledger_id"))
-                     .values(state=DONE, target_id=bindparam("tid"), done_at=utcnow()),
-                     [{"ledger_id": key, "tid": value} for key, value in target_ids.items()])
+        stamp = _driver_value(conn, ledger.c.done_at, utcnow())
+        mark = _placeholder(conn)
+        conn.exec_driver_sql(
+            f"UPDATE ledger SET state = {mark}, target_id = {mark}, done_at = {mark} WHERE id = {mark}",
+            [(DONE, target_id, stamp, ledger_id) for ledger_id, target_id in target_ids.items()])
+
+
+_INTENT_COLUMNS = ("mailbox_id", "source_folder", "source_key", "source_id", "digest", "size", "flags",
+                   "internal_date", "target_folder", "target_key", "watermark", "state", "checkpoint_id",
+                   "created_at")
+# psycopg parses a statement of many parameters anew each time it is sent, at a cost that grows with its
+# length: on PostgreSQL 50 rows a statement took a sixth less CPU than 500; SQLite does not mind either way.
+_ROWS_PER_INSERT = 50
+
+
+@lru_cache(maxsize=32)
+def _insert_intents_sql(mark: str, rows: int) -> str:
+    row = "(" + ", ".join([mark] * len(_INTENT_COLUMNS)) + ")"
+    return (f"INSERT INTO ledger ({', '.join(_INTENT_COLUMNS)}) VALUES {', '.join([row] * rows)} "
+            f"RETURNING id, source_folder, source_key, source_id")
+
+
+def _placeholder(conn: Connection) -> str:
+    """The driver's positional marker: sqlite3 takes qmark, psycopg format (its pyformat accepts %s)."""
+    style = conn.dialect.paramstyle
+    if style == "qmark":
+        return "?"
+    if style in ("format", "pyformat"):
+        return "%s"
+    raise StateError(f"state store driver {conn.dialect.driver} uses paramstyle {style!r}, not supported")
+
+
+def _driver_value(conn: Connection, column: Column[Any], value: datetime) -> Any:
+    """A DateTime as SQLAlchemy would hand it to the driver (SQLite stores a fixed text form), so rows
+    written as driver SQL read back exactly like every other row."""
+    process = column.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+    return process(value) if process else value
 
 
 def record_failed(conn: Connection, lease: Lease, ledger_id: int, reason: str) -> None:
