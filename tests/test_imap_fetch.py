@@ -1,18 +1,22 @@
 """The fast FETCH reply readers agree with imapclient's parser on every shape, and hand it what they do not know.
 
 The replies are written as imaplib splits them (a literal arrives as a (head, bytes) pair followed by the
-rest of its line); real servers' replies are exercised by the IMAP contract and end-to-end suites.
+rest of its line); the reader that makes that split is compared with imaplib's on a real Dovecot.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
+import imapclient
 import pytest
-from imapclient.exceptions import ProtocolError
+from imapclient.exceptions import IMAPClientError, ProtocolError
 from imapclient.response_parser import parse_fetch_response
 
 from migrator.connectors import imap_fetch
+from migrator.lab.dovecot import DovecotServer, LabUser
 
 LISTING = [
     b'1 (UID 7 FLAGS (\\Seen $Label1) INTERNALDATE " 7-Jul-2026 10:00:00 +0200" RFC822.SIZE 4286)',
@@ -88,3 +92,59 @@ def test_internal_dates_read_like_strptime(text: bytes) -> None:
 def test_an_impossible_internal_date_is_refused() -> None:
     with pytest.raises(ValueError):
         imap_fetch.internal_date(b"31-Feb-2026 00:00:00 +0000")
+
+
+# ------------------------------------------------------------------------------------------- against Dovecot
+
+ODD_BODY = (b"From: a@example.org\r\nSubject: braces {5}\r\n\r\nA line ending in a literal marker {12}\r\n"
+            b")\r\n* 1 FETCH (UID 99)\r\nA0001 OK not a tag\r\n")
+
+
+@pytest.fixture
+def dovecot_client(dovecot: None, lab_root: Path) -> Iterator[tuple[imapclient.IMAPClient, DovecotServer]]:
+    user = LabUser("dora", "dora-pw")
+    with DovecotServer(root=lab_root / "srv", name="fetch", layout="target", users=[user]) as server:
+        client = imapclient.IMAPClient("127.0.0.1", port=server.port, ssl=False)
+        client.login(user.name, user.password)
+        bodies = (ODD_BODY, b"Subject: two\r\n\r\nshort\r\n", b"Subject: 3\r\n\r\n" + b"x" * 9000)
+        for number, body in enumerate(bodies):
+            client.append("INBOX", body, flags=[b"\\Seen"] if number else [],
+                          msg_time=datetime(2026, 7, number + 1, 10, tzinfo=UTC))
+        client.select_folder("INBOX")
+        yield client, server
+        client.logout()
+
+
+ITEMS = b"(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[])"
+
+
+def test_replies_read_from_a_server_equal_imaplibs(dovecot_client: tuple[imapclient.IMAPClient, DovecotServer]
+                                                    ) -> None:
+    client, _server = dovecot_client
+    ours = imap_fetch.uid_fetch(client._imap, b"1:*", ITEMS)
+    theirs = client._command_and_check("fetch", "1:*", ITEMS.decode(), uid=True)
+    assert ours == [item for item in theirs if item is not None]
+    assert imap_fetch.parse_bodies(ours)[1] == ODD_BODY
+    assert client.noop()[0].startswith(b"NOOP")  # the connection's tags and state are intact
+
+
+def test_other_replies_are_kept_where_imaplib_keeps_them(
+        dovecot_client: tuple[imapclient.IMAPClient, DovecotServer]) -> None:
+    client, server = dovecot_client
+    other = imapclient.IMAPClient("127.0.0.1", port=server.port, ssl=False)
+    other.login("dora", "dora-pw")
+    other.append("INBOX", b"Subject: new\r\n\r\nnew\r\n")
+    other.logout()
+    fetched = imap_fetch.parse_listing(imap_fetch.uid_fetch(client._imap, b"1:3",
+                                                            b"(UID FLAGS INTERNALDATE RFC822.SIZE)"))
+    assert sorted(fetched) == [1, 2, 3]
+    assert client._imap.untagged_responses["EXISTS"][-1] == b"4"
+
+
+def test_a_refused_fetch_raises_and_leaves_the_connection_usable(
+        dovecot_client: tuple[imapclient.IMAPClient, DovecotServer]) -> None:
+    client, _server = dovecot_client
+    with pytest.raises(IMAPClientError, match="fetch failed"):
+        imap_fetch.uid_fetch(client._imap, b"1:*", b"(NOSUCHITEM)")
+    assert not client._imap.tagged_commands
+    assert client.noop()[0].startswith(b"NOOP")

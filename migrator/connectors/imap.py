@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from functools import lru_cache
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import imapclient
 from imapclient import exceptions as imap_errors
@@ -27,7 +27,6 @@ from imapclient.imapclient import _literal
 from migrator.config import EndpointConfig
 from migrator.connectors import imap_fetch
 from migrator.connectors.base import Probe
-from migrator.connectors.msauth import IMAP_SCOPE, TokenSource
 from migrator.errors import (
     AuthFailed,
     FolderFailed,
@@ -50,6 +49,9 @@ from migrator.model import (
     RawMessage,
     Role,
 )
+
+if TYPE_CHECKING:
+    from migrator.connectors.msauth import TokenSource
 
 _ROLE_FLAGS = {b"\\Sent": Role.SENT, b"\\Drafts": Role.DRAFTS, b"\\Trash": Role.TRASH, b"\\Junk": Role.JUNK,
                b"\\Archive": Role.ARCHIVE}
@@ -99,13 +101,21 @@ def _translated(endpoint: str | None, context: str) -> Iterator[None]:
         raise classify_failure(exc, context, endpoint) from None
 
 
+def _token_source(config: EndpointConfig) -> TokenSource:
+    """Imported here: msal and cryptography take a tenth of a second to import, a cost every IMAP run
+    would pay at start-up for the few endpoints that use XOAUTH2."""
+    from migrator.connectors.msauth import IMAP_SCOPE, TokenSource
+
+    return TokenSource(config, IMAP_SCOPE)
+
+
 class ImapEndpoint:
     """One IMAP server; logins are per user, or an admin logging in on behalf of users (SASL PLAIN authzid)."""
 
     def __init__(self, config: EndpointConfig) -> None:
         self.config = config
         # auth = "xoauth2": the app's own token opens every mailbox (Exchange Online application access).
-        self.tokens = TokenSource(config, IMAP_SCOPE) if config.options.get("auth") == "xoauth2" else None
+        self.tokens = _token_source(config) if config.options.get("auth") == "xoauth2" else None
         self._tls: ssl.SSLContext | None = None
         self._tls_lock = threading.Lock()
 
@@ -335,9 +345,8 @@ class ImapMailbox:
     def _uid_fetch(self, uids: Sequence[int], items: bytes, parse: Callable[[list[Any]], T]) -> T:
         """One UID FETCH, its untagged replies read by `parse` (see imap_fetch)."""
         with _translated(self.role, f"{self.context} FETCH"):
-            data: list[Any] = self.client._command_and_check("fetch", imap_fetch.uid_set(sorted(uids)), items,
-                                                             uid=True) if uids else []
-            return parse([item for item in data if item is not None])
+            data = imap_fetch.uid_fetch(self.client._imap, imap_fetch.uid_set(sorted(uids)), items) if uids else []
+            return parse(data)
 
     def list_messages(self, folder: FolderInfo) -> list[MessageRef]:
         self._select(folder, write=False)

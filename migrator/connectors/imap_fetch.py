@@ -17,8 +17,12 @@ from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Any
 
+from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 from imapclient.response_parser import parse_fetch_response
 
+_UNTAGGED = re.compile(rb"\* (?:(?P<number>\d+) )?(?P<type>[A-Z-]+)(?: (?P<rest>.*))?", re.DOTALL)
+_RESPONSE_CODE = re.compile(rb"\[(?P<type>[A-Z-]+)(?: (?P<data>[^]]*))?\]")
+_LITERAL = re.compile(rb".*\{(?P<size>\d+)\}", re.DOTALL)
 _REPLY = re.compile(rb"\d+ \((?P<items>.*)\)", re.DOTALL)
 _FLAGS = re.compile(rb"FLAGS \((?P<flags>[^()]*)\)")
 _FIELD = re.compile(rb'(UID|INTERNALDATE|RFC822\.SIZE|MODSEQ) ("[^"]*"|\d+|\(\d+\))')
@@ -49,6 +53,66 @@ def internal_date(text: bytes) -> datetime:
 def _zone(offset: bytes) -> timezone:
     minutes = int(offset[1:3]) * 60 + int(offset[3:5])
     return timezone(timedelta(minutes=-minutes if offset[:1] == b"-" else minutes))
+
+
+def uid_fetch(imap: Any, uids: bytes, items: bytes) -> list[Any]:
+    """Send UID FETCH on imaplib connection `imap` and read its replies up to the tagged one: the FETCH
+    replies in imaplib's shape (`n (...)` as bytes; a literal as a (line, literal) tuple followed by the rest
+    of its line), every other untagged reply stored as imaplib stores it.
+
+    Read here, not by imaplib: its reader matches three patterns and logs every line, which for a listing
+    or a chunk of small messages cost as much as everything else the client does with them.
+    """
+    tag = imap._new_tag()
+    imap.send(b"%s UID FETCH %s %s\r\n" % (tag, uids, items))
+    prefix = tag + b" "
+    fetched: list[Any] = []
+    try:
+        while not (line := _line(imap)).startswith(prefix):
+            untagged = _UNTAGGED.fullmatch(line)
+            if untagged is None:
+                raise IMAPClientAbortError(f"unexpected response to UID FETCH: {line[:200]!r}")
+            kind = untagged["type"].decode()
+            data = b" ".join(part for part in (untagged["number"], untagged["rest"]) if part)
+            replies = _with_literals(imap, data)
+            if kind == "FETCH":
+                fetched.extend(replies)
+            elif kind == "BYE":
+                raise IMAPClientAbortError(f"server said BYE: {data.decode(errors='replace')[:200]}")
+            else:
+                _keep(imap, kind, replies)
+    finally:
+        imap.tagged_commands.pop(tag, None)
+    status, _, text = line[len(prefix):].partition(b" ")
+    if status != b"OK":
+        raise IMAPClientError(f"fetch failed: {text.decode(errors='replace')}")
+    return fetched
+
+
+def _keep(imap: Any, kind: str, replies: list[Any]) -> None:
+    """Store an untagged reply other than FETCH (EXISTS, EXPUNGE, OK [code] ...) where imaplib would."""
+    for reply in replies:
+        imap._append_untagged(kind, reply)
+    code = _RESPONSE_CODE.match(replies[-1]) if kind in ("OK", "NO", "BAD") else None
+    if code is not None:
+        imap._append_untagged(code["type"].decode(), code["data"])
+
+
+def _line(imap: Any) -> bytes:
+    line: bytes = imap.readline()
+    if not line.endswith(b"\r\n"):
+        raise IMAPClientAbortError("socket error: EOF" if not line else f"unterminated line: {line[:200]!r}")
+    return line[:-2]
+
+
+def _with_literals(imap: Any, data: bytes) -> list[Any]:
+    """One untagged reply as imaplib splits it: each literal in a (text, literal) tuple, then the rest."""
+    parts: list[Any] = []
+    while data.endswith(b"}") and (literal := _LITERAL.fullmatch(data)) is not None:
+        parts.append((data, imap.read(int(literal["size"]))))
+        data = _line(imap)
+    parts.append(data)
+    return parts
 
 
 def parse_listing(data: Sequence[Any]) -> Listing:
