@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Select, func, insert, select, update
+from sqlalchemy import Connection, Select, bindparam, func, insert, select, update
 
 from migrator.errors import LeaseLost
 from migrator.store.records import JobRecord, Lease, utcnow
@@ -113,11 +113,15 @@ def claim_job(conn: Connection, owner: str, plan_name: str, stage: str, codes: S
     return None
 
 
+# Built once: every ledger write renews the lease, and building the statement cost more than running it.
+_RENEW = (update(job).where(job.c.id == bindparam("job_id"), job.c.lease_owner == bindparam("owner"),
+                            job.c.state == JOB_RUNNING).values(lease_expires_at=bindparam("expires")))
+
+
 def renew_lease(conn: Connection, lease: Lease) -> None:
     """Extend the lease inside the caller's transaction; raises LeaseLost if another worker holds the job."""
-    renewed = conn.execute(update(job).where(job.c.id == lease.job_id, job.c.lease_owner == lease.owner,
-                                             job.c.state == JOB_RUNNING)
-                           .values(lease_expires_at=utcnow() + timedelta(seconds=lease.ttl_seconds))).rowcount
+    renewed = conn.execute(_RENEW, {"job_id": lease.job_id, "owner": lease.owner,
+                                    "expires": utcnow() + timedelta(seconds=lease.ttl_seconds)}).rowcount
     if not renewed:
         raise LeaseLost(f"job {lease.job_id} is no longer leased to this worker; another worker took it over")
 
