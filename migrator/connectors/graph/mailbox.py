@@ -11,7 +11,8 @@ attachments go through upload sessions is created with a "pending-" tag that bec
 the last upload: a crash in between leaves an incomplete copy that settling recognises by that tag and removes
 before copying again.
 
-Requests that create nothing (tag queries, flag changes, deletions, the well-known folder reads) go in chained
+Requests that create nothing (tag queries, flag changes, deletions, native copies' tags, the well-known folder
+reads) go in chained
 JSON batches, up to four at a time (client.py). Creates stay one request each: a create whose answer is lost
 is then one open intent, settled by its tag, and never sent again blind.
 
@@ -339,18 +340,18 @@ class GraphMailbox:
         with translated(context):
             staged = self._in_staging(staging, messages, self._parallel(put, messages))
 
-        def place(item: tuple[RawMessage, str | ItemFailed | None]) -> str | ItemFailed:
-            message, staged_id = item
-            if isinstance(staged_id, ItemFailed):
-                return staged_id
-            if staged_id is None:
-                raise Transient(f"{context}: the imported item is not in the staging folder; settling removes it")
-            self._set_tag(staged_id, message.digest)
+        placed = [_placeable(staged_id, context) for staged_id in staged]
+        tagged = [(message, staged_id) for message, staged_id in zip(messages, placed, strict=True)
+                  if isinstance(staged_id, str)]
+
+        def move(staged_id: str) -> str:
             moved = self.client.call("POST", self._message_url(staged_id, "/move"), self.address,
                                      json={"destinationId": folder_id})
             return str(moved.json()["id"])
         with translated(context):
-            return self._parallel(place, list(zip(messages, staged, strict=True)))
+            self._batched([self._tag_request(staged_id, message.digest) for message, staged_id in tagged])
+            moved = iter(self._parallel(move, [staged_id for _message, staged_id in tagged]))
+        return [next(moved) if isinstance(staged_id, str) else staged_id for staged_id in placed]
 
     def _in_staging(self, staging: str, messages: Sequence[RawMessage], keys: Sequence[str | ItemFailed]
                     ) -> list[str | ItemFailed | None]:
@@ -423,16 +424,16 @@ class GraphMailbox:
             try:
                 for attachment in planned.uploads:
                     self._upload(message_id, attachment)
-                self._set_tag(message_id, message.digest)
+                self._batched([self._tag_request(message_id, message.digest)])
             except GraphError as exc:
                 failure = _item_failure(exc, context)
                 self._delete_ids([message_id])  # refused for good: no incomplete copy may stay behind
                 return failure
         return message_id
 
-    def _set_tag(self, message_id: str, digest: str) -> None:
-        self.client.call("PATCH", self._message_url(message_id), self.address,
-                         json={"singleValueExtendedProperties": [{"id": mime.TAG_PROPERTY, "value": digest}]})
+    def _tag_request(self, message_id: str, digest: str) -> SubRequest:
+        return SubRequest("PATCH", self._message_url(message_id),
+                          {"singleValueExtendedProperties": [{"id": mime.TAG_PROPERTY, "value": digest}]})
 
     def _upload(self, message_id: str, attachment: Attachment) -> None:
         """An attachment added after the create: one POST under 3 MB, else an upload session of ordered
@@ -524,6 +525,12 @@ def _accepted(answer: Answer, missing_ok: bool) -> dict[str, Any]:
             return {}
         raise answer
     return answer
+
+
+def _placeable(staged_id: str | ItemFailed | None, context: str) -> str | ItemFailed:
+    if staged_id is None:
+        raise Transient(f"{context}: an imported item is not in the staging folder; settling removes it")
+    return staged_id
 
 
 def _item_failure(exc: GraphError, context: str) -> ItemFailed:
