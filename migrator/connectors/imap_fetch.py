@@ -1,12 +1,13 @@
-"""Reading UID FETCH replies without imapclient's general-purpose parser.
+"""Reading UID FETCH replies without imaplib's reader and imapclient's general-purpose parser.
 
-imapclient tokenises every FETCH reply byte by byte in Python; for the two FETCHes a copy pass makes by
-the thousand (a listing's UID FLAGS INTERNALDATE RFC822.SIZE, and BODY.PEEK[]) that was most of the
-client's CPU, on a two-core machine whose other core the servers need. The replies to these two FETCHes
-have a fixed shape, read here with a few regular expressions over what imaplib already split (a literal
-arrives as its own bytes object). A reply of any other shape (an unsolicited FETCH, a quoted or NIL
-body, a flag list the pattern does not cover) sends the whole reply to imapclient's parser, so the fast
-path never decides on anything it does not fully understand.
+imapclient tokenises every FETCH reply byte by byte in Python, and imaplib matches and logs every line
+before that; for the two FETCHes a copy pass makes by the thousand (a listing's UID FLAGS INTERNALDATE
+RFC822.SIZE, and BODY.PEEK[]) that was most of the client's CPU, on a two-core machine whose other core
+the servers need. `uid_fetch` reads the replies off the connection into the pieces imaplib would make (a
+literal arrives as its own bytes object); they have a fixed shape, read with a few regular expressions.
+A reply of any other shape (an unsolicited FETCH, a quoted or NIL body, a flag list the pattern does not
+cover) sends the whole reply to imapclient's parser, so the fast path never decides on anything it does
+not fully understand.
 """
 
 from __future__ import annotations
