@@ -121,9 +121,11 @@ ITEMS = b"(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[])"
 def test_replies_read_from_a_server_equal_imaplibs(dovecot_client: tuple[imapclient.IMAPClient, DovecotServer]
                                                     ) -> None:
     client, _server = dovecot_client
+    for items in (ITEMS, b"(UID BODY.PEEK[HEADER] BODY.PEEK[TEXT])"):  # the second: two literals in one reply
+        ours = imap_fetch.uid_fetch(client._imap, b"1:*", items)
+        theirs = client._command_and_check("fetch", "1:*", items.decode(), uid=True)
+        assert ours == [item for item in theirs if item is not None]
     ours = imap_fetch.uid_fetch(client._imap, b"1:*", ITEMS)
-    theirs = client._command_and_check("fetch", "1:*", ITEMS.decode(), uid=True)
-    assert ours == [item for item in theirs if item is not None]
     assert imap_fetch.parse_bodies(ours)[1] == ODD_BODY
     assert client.noop()[0].startswith(b"NOOP")  # the connection's tags and state are intact
 

@@ -316,22 +316,28 @@ def test_intent_then_done(store: Engine) -> None:
         assert [e.id for e in ledger.mailbox_entries(conn, mailbox_id)] == ids
 
 
-def test_intents_of_many_statements_get_their_own_ids_and_times(store: Engine) -> None:
-    """120 intents of two folders go as three multi-row statements; each id is its copy's, in the order given,
-    and the written times read back as the datetimes SQLAlchemy writes everywhere else."""
+def test_intents_of_many_statements_get_their_own_ids_and_times(store: Engine,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """120 intents of two folders, every source id in both, go as three multi-row statements; each id is its
+    copy's, in the order given, and the written times are stored as SQLAlchemy stores a DateTime everywhere
+    else (on SQLite a fixed text form, microseconds always written)."""
     lease, mailbox_id, checkpoint_id = leased_mailbox(store)
-    copies = [replace(pending(str(n)), source_folder="Sent" if n % 3 else "INBOX") for n in range(120, 0, -1)]
-    before = utcnow().replace(microsecond=0)
+    copies = [replace(pending(str(n // 2)), source_folder="Sent" if n % 2 else "INBOX") for n in range(120, 0, -1)]
+    stamp = datetime(2026, 11, 29, 5, 0, 0)  # no microseconds: the text form must still carry them
+    monkeypatch.setattr(ledger, "utcnow", lambda: stamp)
     with store.begin() as conn:
         ids = ledger.record_intents(conn, lease, mailbox_id, checkpoint_id, copies)
         ledger.record_done(conn, lease, {ids[0]: "t0", ids[-1]: "t1"})
     with store.connect() as conn:
         rows = {row.id: row for row in conn.execute(select(ledger_table))}
+        if store.dialect.name == "sqlite":
+            stored = {text for (text,) in conn.exec_driver_sql("SELECT created_at FROM ledger")}
+            assert stored == {"2026-11-29 05:00:00.000000"}
     assert len(set(ids)) == 120
     assert [(rows[i].source_folder, rows[i].source_id) for i in ids] == [(c.source_folder, c.source_id) for c in copies]
     assert [rows[i].target_id for i in (ids[0], ids[1], ids[-1])] == ["t0", None, "t1"]
-    assert all(isinstance(row.created_at, datetime) and row.created_at >= before for row in rows.values())
-    assert isinstance(rows[ids[0]].done_at, datetime) and rows[ids[1]].done_at is None
+    assert {row.created_at for row in rows.values()} == {stamp}
+    assert rows[ids[0]].done_at == stamp and rows[ids[1]].done_at is None
 
 
 def test_same_source_message_cannot_be_recorded_twice(store: Engine) -> None:
