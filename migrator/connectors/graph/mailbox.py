@@ -12,9 +12,8 @@ the last upload: a crash in between leaves an incomplete copy that settling reco
 before copying again.
 
 Requests that create nothing (tag queries, flag changes, deletions, native copies' tags, the well-known folder
-reads) go in chained
-JSON batches, up to four at a time (client.py). Creates stay one request each: a create whose answer is lost
-is then one open intent, settled by its tag, and never sent again blind.
+reads) go in chained JSON batches, up to four at a time (client.py). Creates stay one request each: a create
+whose answer is lost is then one open intent, settled by its tag, and never sent again blind.
 
 Native copies (Graph to Graph, when both tenants offer the mailbox import/export API, native.py): the source
 exports each message as an opaque full-fidelity stream and the target imports it. The stream cannot carry
@@ -349,7 +348,7 @@ class GraphMailbox:
                                      json={"destinationId": folder_id})
             return str(moved.json()["id"])
         with translated(context):
-            self._batched([self._tag_request(staged_id, message.digest) for message, staged_id in tagged])
+            self._set_tags([(staged_id, message.digest) for message, staged_id in tagged])
             moved = iter(self._parallel(move, [staged_id for _message, staged_id in tagged]))
         return [next(moved) if isinstance(staged_id, str) else staged_id for staged_id in placed]
 
@@ -424,16 +423,18 @@ class GraphMailbox:
             try:
                 for attachment in planned.uploads:
                     self._upload(message_id, attachment)
-                self._batched([self._tag_request(message_id, message.digest)])
+                self._set_tags([(message_id, message.digest)])
             except GraphError as exc:
                 failure = _item_failure(exc, context)
                 self._delete_ids([message_id])  # refused for good: no incomplete copy may stay behind
                 return failure
         return message_id
 
-    def _tag_request(self, message_id: str, digest: str) -> SubRequest:
-        return SubRequest("PATCH", self._message_url(message_id),
-                          {"singleValueExtendedProperties": [{"id": mime.TAG_PROPERTY, "value": digest}]})
+    def _set_tags(self, tags: Sequence[tuple[str, str]]) -> None:
+        """Write each (message id, digest) as that message's idempotency tag, batched."""
+        self._batched([SubRequest("PATCH", self._message_url(message_id),
+                                  {"singleValueExtendedProperties": [{"id": mime.TAG_PROPERTY, "value": digest}]})
+                       for message_id, digest in tags])
 
     def _upload(self, message_id: str, attachment: Attachment) -> None:
         """An attachment added after the create: one POST under 3 MB, else an upload session of ordered
