@@ -1,16 +1,22 @@
 """One pacer per endpoint: token buckets for messages and bytes, and a hold on the server's own throttling
-signals, shared by every worker on that endpoint.
+signals, shared by every worker on that endpoint, threads and forked worker processes alike.
 
 Clock and sleep are injected so the limits are tested with a fake clock, never with wall-clock asserts.
 """
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
+import math
+import mmap
 import random
+import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import InitVar, dataclass, field
 
 from tenacity import RetryCallState
@@ -23,19 +29,51 @@ BACKOFF_CAP = 300.0
 BACKOFF_CALM = 600.0  # seconds without a signal after which the next one starts the ladder again
 
 
-@dataclass
-class _Bucket:
-    rate: float
-    capacity: float
-    tokens: float
-    stamp: float
+Cells = ctypes.Array[ctypes.c_double]
 
-    def wait_time(self, amount: float, now: float) -> float:
+
+class SharedCells:
+    """A few numbers that every process forked from this one reads and writes (an endpoint's limits count the
+    work of all of them), under one lock that threads and processes both respect. The lock is a POSIX record
+    lock, which dies with its holder: a worker killed while holding it (kill -9, the OOM killer) cannot freeze
+    the others. Times in the cells are time.monotonic() readings, one clock for every process on the host."""
+
+    def __init__(self, *initial: float) -> None:
+        size = 8 * max(1, len(initial))  # mmap maps no empty file
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115 - open as long as the cells live
+        self._file.truncate(size)
+        self._map = mmap.mmap(self._file.fileno(), size)  # MAP_SHARED: forks see the same pages
+        self._cells = (ctypes.c_double * (size // 8)).from_buffer(self._map)
+        for index, value in enumerate(initial):
+            self._cells[index] = value
+        self._threads = threading.Lock()
+
+    @contextmanager
+    def locked(self) -> Iterator[Cells]:
+        with self._threads:
+            fcntl.lockf(self._file.fileno(), fcntl.LOCK_EX)
+            try:
+                yield self._cells
+            finally:
+                fcntl.lockf(self._file.fileno(), fcntl.LOCK_UN)
+
+
+@dataclass(frozen=True)
+class _Bucket:
+    """Refills at `rate` per second up to one second's worth: enough to fill a batch, small enough to keep any
+    window honest. Its tokens live in cells[slot], the time they were counted in cells[slot + 1]."""
+
+    rate: float
+    slot: int
+
+    def wait_time(self, cells: Cells, amount: float, now: float) -> float:
         """Take `amount` tokens (going into debt if needed) and say how long to wait to repay the debt."""
-        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        self.tokens -= amount
-        return max(0.0, -self.tokens / self.rate)
+        tokens = min(self.rate, cells[self.slot] + (now - cells[self.slot + 1]) * self.rate) - amount
+        cells[self.slot], cells[self.slot + 1] = tokens, now
+        return max(0.0, -tokens / self.rate)
+
+
+_UNTIL, _STREAK, _LAST_SIGNAL = range(3)
 
 
 @dataclass
@@ -48,27 +86,24 @@ class ServerBackoff:
 
     clock: Callable[[], float] = time.monotonic
     rng: random.Random = field(default_factory=random.Random)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _until: float = 0.0
-    _streak: int = 0
-    _last_signal: float | None = None
+    _state: SharedCells = field(default_factory=lambda: SharedCells(0.0, 0.0, math.nan))
 
     def signal(self, suggested: float | None) -> float:
         """The server throttled a task: hold the endpoint; returns how long the hold lasts from now."""
-        with self._lock:
+        with self._state.locked() as cells:
             now = self.clock()
-            if self._last_signal is not None and now - self._last_signal > BACKOFF_CALM:
-                self._streak = 0
-            self._last_signal = now
-            self._streak += 1
-            ladder = min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** (self._streak - 1)) * (1 + 0.2 * self.rng.random())
+            if not math.isnan(cells[_LAST_SIGNAL]) and now - cells[_LAST_SIGNAL] > BACKOFF_CALM:
+                cells[_STREAK] = 0
+            cells[_LAST_SIGNAL] = now
+            cells[_STREAK] += 1
+            ladder = min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** (cells[_STREAK] - 1)) * (1 + 0.2 * self.rng.random())
             delay = suggested if suggested is not None and suggested > 0 else ladder
-            self._until = max(self._until, now + delay)
-            return self._until - now
+            cells[_UNTIL] = max(cells[_UNTIL], now + delay)
+            return float(cells[_UNTIL] - now)
 
     def remaining(self) -> float:
-        with self._lock:
-            return max(0.0, self._until - self.clock())
+        with self._state.locked() as cells:
+            return max(0.0, cells[_UNTIL] - self.clock())
 
     def tenacity_wait(self, state: RetryCallState) -> float:
         """A tenacity `wait`: the endpoint's hold after a Throttled attempt (the suggested time it carries)."""
@@ -83,16 +118,16 @@ class Pacer:
     sleep: Callable[[float], object] = time.sleep  # e.g. a stop event's wait, which ends early
     backoff: InitVar[ServerBackoff | None] = None  # shared with other pacers (tests); else one of its own
     hold: ServerBackoff = field(init=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _buckets: dict[str, _Bucket] = field(default_factory=dict)
+    _buckets: dict[str, _Bucket] = field(init=False)
+    _state: SharedCells = field(init=False)
 
     def __post_init__(self, backoff: ServerBackoff | None) -> None:
         now = self.clock()
         self.hold = backoff or ServerBackoff(self.clock)
-        for name, rate in (("messages", self.config.messages_per_second), ("bytes", self.config.bytes_per_second)):
-            if rate:
-                # one second of burst: enough to fill a batch, small enough to keep any window honest
-                self._buckets[name] = _Bucket(float(rate), float(rate), float(rate), now)
+        rates = {name: float(rate) for name, rate in (("messages", self.config.messages_per_second),
+                                                      ("bytes", self.config.bytes_per_second)) if rate}
+        self._buckets = {name: _Bucket(rate, 2 * index) for index, (name, rate) in enumerate(rates.items())}
+        self._state = SharedCells(*(value for rate in rates.values() for value in (rate, now)))
 
     def acquire(self, messages: int, size: int) -> float:
         """Block until the endpoint's hold is over and `messages` and `size` bytes may be sent; returns the
@@ -100,10 +135,12 @@ class Pacer:
         held = self.hold.remaining()
         if held > 0:
             self.sleep(held)
-        with self._lock:
-            now = self.clock()
-            delay = max((bucket.wait_time(messages if name == "messages" else size, now)
-                         for name, bucket in self._buckets.items()), default=0.0)
+        delay = 0.0
+        if self._buckets:
+            with self._state.locked() as cells:
+                now = self.clock()
+                delay = max(bucket.wait_time(cells, messages if name == "messages" else size, now)
+                            for name, bucket in self._buckets.items())
         if delay > 0:
             self.sleep(delay)
         return held + delay

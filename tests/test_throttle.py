@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import threading
+from collections.abc import Callable
 
 import pytest
 from imapclient.exceptions import IMAPClientError
@@ -12,7 +15,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 from migrator.config import ThrottleConfig
 from migrator.connectors.imap import classify_failure
 from migrator.errors import Throttled
-from migrator.throttle import BACKOFF_CALM, Pacer, ServerBackoff, WindowBudget
+from migrator.throttle import BACKOFF_CALM, Pacer, ServerBackoff, SharedCells, WindowBudget
 
 WINDOW = 30.0
 
@@ -214,3 +217,47 @@ def test_a_stop_ends_a_long_hold() -> None:
     stop.set()
     waiter.join(timeout=30)
     assert not waiter.is_alive()
+
+
+def _in_forked_worker(action: Callable[[], object]) -> int:
+    """Run `action` in a forked process, as `run` forks its worker processes; returns its wait status."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            action()
+        finally:
+            os._exit(0)
+    return os.waitpid(pid, 0)[1]
+
+
+def test_forked_worker_processes_draw_on_one_bucket() -> None:
+    time = FakeTime()
+    pacer = Pacer(ThrottleConfig(messages_per_second=20), clock=time.clock, sleep=time.sleep)
+    assert _in_forked_worker(lambda: pacer.acquire(20, 0)) == 0  # the other process spends the second's burst
+    assert pacer.acquire(10, 0) == pytest.approx(0.5)
+
+
+def test_a_hold_one_worker_process_was_told_of_holds_them_all() -> None:
+    time = FakeTime()
+    pacer = Pacer(ThrottleConfig(), clock=time.clock, sleep=time.sleep)
+    assert _in_forked_worker(lambda: pacer.hold.signal(30.0)) == 0
+    assert pacer.acquire(1, 100) == pytest.approx(30.0)
+
+
+def test_a_worker_process_killed_holding_the_lock_does_not_freeze_the_others() -> None:
+    cells = SharedCells(1.0)
+
+    def die_holding_the_lock() -> None:
+        with cells.locked():
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    assert os.WIFSIGNALED(_in_forked_worker(die_holding_the_lock))
+
+    def take_the_lock() -> None:
+        with cells.locked() as values:
+            values[0] += 1
+
+    taker = threading.Thread(target=take_the_lock, daemon=True)
+    taker.start()
+    taker.join(timeout=10)
+    assert not taker.is_alive(), "the lock died with its holder"
