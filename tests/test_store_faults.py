@@ -190,18 +190,24 @@ def tmpfs(path: Path, size_kb: int) -> Iterator[Path]:
 DISK_HEADROOM_KB = 400  # measured: init+discover+plan leave ~100 KB; the full copy needs well over 1 MB of WAL
 
 
-def test_disk_full_stops_the_run_cleanly_and_a_rerun_after_freeing_space_finishes(small_lab: Lab) -> None:
+@pytest.mark.parametrize(("spread", "headroom_kb"), [(("--workers", "1"), DISK_HEADROOM_KB),
+                                                     (("--workers", "2", "--processes", "2"), 2 * DISK_HEADROOM_KB)],
+                         ids=["one-process", "worker-processes"])
+def test_disk_full_stops_the_run_cleanly_and_a_rerun_after_freeing_space_finishes(
+        small_lab: Lab, spread: tuple[str, ...], headroom_kb: int) -> None:
+    """In worker processes too (two writers: twice the headroom to get anywhere): the one that meets the full
+    disk stops the others, and the run says why."""
     lab = small_lab
     lab.prepare()
     local = lab.project / "migrator.db"
     assert not local.with_name("migrator.db-wal").exists()  # the last connection checkpointed: one file to move
     total = source_total(lab)
-    with tmpfs(lab.project.parent / "state", local.stat().st_size // 1024 + DISK_HEADROOM_KB) as mount:
+    with tmpfs(lab.project.parent / "state", local.stat().st_size // 1024 + headroom_kb) as mount:
         db = mount / "migrator.db"
         shutil.copy2(local, db)
         local.unlink()
         write_config(lab, f"sqlite:///{db}")
-        result = lab.migrator("run", "plans/wave1.yaml", "--stage", "prestage", "--workers", "1", expect=None)
+        result = lab.migrator("run", "plans/wave1.yaml", "--stage", "prestage", *spread, expect=None)
         line = error_line(result)
         assert "database or disk is full" in line and "free disk space" in line
         assert integrity(db) == "ok"

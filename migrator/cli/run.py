@@ -22,7 +22,7 @@ from migrator.cli.verify import run_verify
 from migrator.engine.checkpoint import CrashHook
 from migrator.engine.dryrun import preview_mailbox
 from migrator.engine.parallel import MAX_SESSIONS_PER_MAILBOX, session_pairs
-from migrator.engine.scheduler import plan_mailboxes, queue_plan, run_queue
+from migrator.engine.scheduler import WorkerProcesses, plan_mailboxes, queue_plan, run_queue
 from migrator.engine.worker import PassOptions, RunContext, logins_for
 from migrator.model import Stage
 from migrator.planning.planfile import read_plan
@@ -61,6 +61,8 @@ def work_context(session: Session, plan: Plan, codes: Sequence[str], mailboxes_p
 @click.option("--batch", "batches", multiple=True, help="Only these batches (repeatable); default all.")
 @click.option("--workers", type=int, default=None, help="Mailboxes in parallel (default: [throttle.target] "
                                                          "max_connections, at most 4).")
+@click.option("--processes", type=click.IntRange(min=1), default=1, help="Spread the workers over this many "
+              "processes (default 1), for a host with more cores than one Python interpreter can keep busy.")
 @click.option("--accept-edits", is_flag=True, help="Run a plan that was edited after creation.")
 @click.option("--dry-run", is_flag=True, help="Say what the pass would copy, change and delete; write nothing.")
 @click.option("--sync-deletes", is_flag=True, help="Remove from the target the copies of messages deleted on the "
@@ -69,8 +71,8 @@ def work_context(session: Session, plan: Plan, codes: Sequence[str], mailboxes_p
               "UIDVALIDITY changed: pair its messages with earlier copies by content instead of stopping.")
 @config_option
 @mailboxes_option
-def run_command(plan_path: Path, stage: str, batches: tuple[str, ...], workers: int | None, accept_edits: bool,
-                dry_run: bool, sync_deletes: bool, rematch: tuple[str, ...], config_path: Path,
+def run_command(plan_path: Path, stage: str, batches: tuple[str, ...], workers: int | None, processes: int,
+                accept_edits: bool, dry_run: bool, sync_deletes: bool, rematch: tuple[str, ...], config_path: Path,
                 mailboxes_path: Path | None) -> int:
     """Copy the plan's mailboxes; re-running resumes and copies only what is missing."""
     session = open_session(config_path)
@@ -89,7 +91,8 @@ def run_command(plan_path: Path, stage: str, batches: tuple[str, ...], workers: 
     in_flight = min(count, sum(len(plan.batch(code).mailboxes) for code in codes))
     ctx = replace(ctx, options=replace(ctx.options, folder_sessions=session_pairs(connections, in_flight,
                                                                                   MAX_SESSIONS_PER_MAILBOX)))
-    summary = run_queue(ctx, plan, stage, codes, count)
+    summary = run_queue(ctx, plan, stage, codes, count,
+                        processes=WorkerProcesses(min(in_flight, processes), session.endpoints))
     ctx.progress.finish()
     progress, c = ctx.progress, ctx.progress.counters
     click.echo(f"{stage}: {summary.jobs_done} mailboxes done, {summary.jobs_failed} failed; copied {c.messages} "
@@ -103,9 +106,10 @@ def run_command(plan_path: Path, stage: str, batches: tuple[str, ...], workers: 
     if summary.interrupted:
         click.echo("interrupted: re-run the same command to resume", err=True)
         return EXIT_INTERRUPTED
-    if stage == Stage.FINAL and not summary.jobs_failed and not c.failed and not c.still_failed:
+    trouble = summary.jobs_failed or summary.workers_lost or c.failed or c.still_failed
+    if stage == Stage.FINAL and not trouble:
         return run_verify(session, plan, codes, ctx.credentials, deep=False, as_json=False)
-    return 1 if summary.jobs_failed or c.failed or c.still_failed else 0
+    return 1 if trouble else 0
 
 
 def _dry_run(ctx: RunContext, plan: Plan, codes: Sequence[str]) -> int:

@@ -1,21 +1,25 @@
 """Runs a plan's batches: registers the plan version, queues one job per mailbox, and lets workers lease them.
 
-Workers are threads here; the same lease protocol lets `migrator worker` processes on other machines
-share the queue through PostgreSQL. A job that fails does not stop the batch: it is recorded with its
-reason, and the run's exit code says that something needs attention.
+Workers are threads, in this process or spread over forked worker processes (engine/processes.py); the
+same lease protocol would let workers on other machines share the queue through PostgreSQL. A job that
+fails does not stop the batch: it is recorded with its reason, and the run's exit code says that something
+needs attention.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine
 
+from migrator.connectors.base import Endpoint
 from migrator.engine.checkpoint import Interrupted, Journal
+from migrator.engine.processes import WorkerOutcome, run_forked, split_workers
 from migrator.engine.worker import MailboxPass, RunContext, run_mailbox_pass
 from migrator.errors import EndpointError, LeaseLost, MailboxFailed, MigratorError, SafetyStop, StateError, UserError
 from migrator.planning.planner import Plan
@@ -31,8 +35,15 @@ class RunSummary:
     jobs_done: int = 0
     jobs_failed: int = 0
     interrupted: bool = False
+    workers_lost: int = 0  # worker processes that died (the OOM killer, kill -9) before reporting
     problems: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __getstate__(self) -> dict[str, Any]:  # a worker process sends its summary back; its lock stays
+        return {name: value for name, value in vars(self).items() if name != "_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        vars(self).update(state, _lock=threading.Lock())
 
     def add(self, ok: bool, problems: Sequence[str]) -> None:
         with self._lock:
@@ -66,19 +77,57 @@ def queue_plan(engine: Engine, plan: Plan, path: Path, fingerprint: str, edited:
         work.log_event(conn, "run", f"plan {plan.name} ({fingerprint}) stage {stage} batches {', '.join(codes)}")
 
 
+@dataclass(frozen=True)
+class WorkerProcesses:
+    """Spread a run's workers over up to `count` processes, each making its own endpoints with `endpoints`."""
+
+    count: int
+    endpoints: Callable[[], tuple[Endpoint, Endpoint]]
+
+
 def run_queue(ctx: RunContext, plan: Plan, stage: str, codes: Sequence[str], workers: int,
-              mailbox_pass: MailboxPass = run_mailbox_pass) -> RunSummary:
-    """Lease and run jobs until none is left; returns what happened. `mailbox_pass` does one job's work
-    (a copy pass by default; rollback passes its own) and returns folder-level problems."""
-    summary = RunSummary()
+              mailbox_pass: MailboxPass = run_mailbox_pass, processes: WorkerProcesses | None = None) -> RunSummary:
+    """Lease and run jobs with `workers` threads (over `processes`, if given) until none is left; returns what
+    happened. `mailbox_pass` does one job's work (a copy pass by default; rollback passes its own) and returns
+    folder-level problems. Raises the UserError or StateError that stopped the run."""
     with translate_db_errors(), ctx.engine.connect() as conn:
         records = {r.id: r for r in inventory.list_mailboxes(conn)}
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="worker") as pool:
+
+    def work(context: RunContext, threads: int) -> RunSummary:
+        return _run_threads(context, plan, stage, codes, records, threads, mailbox_pass)
+
+    shares = split_workers(workers, processes.count) if processes else [workers]
+    if processes is None or len(shares) == 1:
+        return work(ctx, workers)
+    return _merged(ctx, run_forked(ctx, shares, processes.endpoints, work))
+
+
+def _run_threads(ctx: RunContext, plan: Plan, stage: str, codes: Sequence[str], records: dict[int, MailboxRecord],
+                 threads: int, mailbox_pass: MailboxPass) -> RunSummary:
+    summary = RunSummary()
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="worker") as pool:
         futures = [pool.submit(_worker_loop, ctx, plan, stage, codes, records, summary, mailbox_pass)
-                   for _ in range(workers)]
+                   for _ in range(threads)]
         for future in futures:
             future.result()
     summary.interrupted = ctx.stop.is_set()
+    return summary
+
+
+def _merged(ctx: RunContext, outcomes: Sequence[WorkerOutcome[RunSummary]]) -> RunSummary:
+    summary = RunSummary(interrupted=ctx.stop.is_set())
+    for outcome in outcomes:
+        if outcome.error is not None:
+            raise outcome.error
+        if outcome.result is not None:
+            summary.jobs_done += outcome.result.jobs_done
+            summary.jobs_failed += outcome.result.jobs_failed
+            summary.interrupted |= outcome.result.interrupted
+            summary.problems.extend(outcome.result.problems)
+        if outcome.death is not None:
+            summary.workers_lost += 1
+            summary.problems.append(f"a worker process {outcome.death}; the job it held is taken over by "
+                                    f"another worker or resumes on the next run")
     return summary
 
 
