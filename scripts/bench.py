@@ -2,6 +2,11 @@
 
 What it does (everything under bench-run/, servers on 127.0.0.1 only, stopped by pid whatever happens):
 
+0. Mounts a new ext4 filesystem (a sparse image on a loop device) on bench-run/ for the run, unless
+   ``--storage dir``; it stays mounted with the logs and JSON until the next run.  ext4 passes over inodes
+   freed in the last minutes when it allocates new ones (fs/ext4/ialloc.c, recently_deleted), and a bench run
+   deletes hundreds of thousands of files: right after one, the target server spent 10 CPU-seconds instead of
+   2-4 on the same 50,000 APPENDs, and every measurement depended on how long ago the last run ended.
 1. Starts a private Dovecot pair from migrator.lab (source: Maildir, "." separator; target: sdbox, "/",
    Exchange-style folder names) with ``mail_fsync`` as given (default ``never``, the lab's default).
 2. Generates a corpus from the parameters (its own generator: sizes follow ``--size-mix``) and loads it into
@@ -21,10 +26,11 @@ What it does (everything under bench-run/, servers on 127.0.0.1 only, stopped by
         (doveadm reads the source over IMAP and writes the target's storage itself, not through IMAP APPEND,
         so it can beat (a));
    (e)  a delta after adding 1 % new messages to the source;
-   (f)  peak RSS of each migrator run process: its VmHWM, polled from /proc/PID/status every 20 ms while it
-        runs.  Not ru_maxrss: Linux carries the high-water mark of the pre-exec address space (a fork or
-        vfork of this process, which holds the whole corpus) into the child's ru_maxrss, so wait4's and
-        RUSAGE_CHILDREN's figure is max(this process, migrator); it is kept in the JSON as an upper bound.
+   (f)  peak RSS of each migrator run: the highest sum of RSS over the run process and the worker processes
+        it forks, polled from /proc every 20 ms (PSS beside it: pages a fork shares count once).  Not
+        ru_maxrss: Linux carries the high-water mark of the pre-exec address space (a fork or vfork of this
+        process, which holds the whole corpus) into the child's ru_maxrss, so wait4's and RUSAGE_CHILDREN's
+        figure is max(this process, migrator); it is kept in the JSON as an upper bound.
 4. Verifies that the migrator target equals the source (per folder: SHA-256 of the bytes, flags,
    INTERNALDATE, like tests/imap_fixtures.py Lab.assert_exact_copy) and that the reference copies (a) and
    (c') hold every message; exits 1 when not.
@@ -74,6 +80,7 @@ from migrator.model import Login, MessageRef, RawMessage, Secret
 
 REPO = Path(__file__).resolve().parent.parent
 ROOT = REPO / "bench-run"
+IMAGE = REPO / "bench-run.img"  # the filesystem mounted on ROOT (step 0)
 SOURCE_PASSWORD = "bench-source-pw"  # one for every source user: imapc_password is one setting for all users
 TARGET_PASSWORD = "bench-target-pw"
 
@@ -403,22 +410,48 @@ _RUN_LINE = re.compile(r"copied (\d+) messages \(([\d.]+) MB\) in ([\d.]+)s \((\
 
 
 class HwmPoller(threading.Thread):
-    """Highest VmHWM seen in /proc/PID/status while the process runs (the peak RSS of its own image)."""
+    """Peak memory of a `migrator run` and the worker processes it forks, polled from /proc: the run's own
+    VmHWM, and the highest sum over the process tree of RSS (pages a fork shares with its parent count once
+    per process: an upper bound) and of PSS (shared pages split between their users: the actual footprint)."""
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         self.pid = pid
         self.peak_kb = 0
+        self.tree_rss_kb = 0
+        self.tree_pss_kb = 0
         self.done = threading.Event()
 
     def run(self) -> None:
-        path = Path(f"/proc/{self.pid}/status")
         while not self.done.is_set():
             with contextlib.suppress(OSError, ValueError):
-                for line in path.read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        self.peak_kb = max(self.peak_kb, int(line.split()[1]))
+                self.peak_kb = max(self.peak_kb, _status_kb(self.pid, "VmHWM:"))
+            rss = pss = 0
+            for pid in [self.pid, *_children(self.pid)]:
+                with contextlib.suppress(OSError, ValueError):
+                    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                        if line.startswith("Rss:"):
+                            rss += int(line.split()[1])
+                        elif line.startswith("Pss:"):
+                            pss += int(line.split()[1])
+            self.tree_rss_kb = max(self.tree_rss_kb, rss)
+            self.tree_pss_kb = max(self.tree_pss_kb, pss)
             self.done.wait(0.02)
+
+
+def _status_kb(pid: int, field_name: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field_name):
+            return int(line.split()[1])
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError, ValueError):
+            found += [int(child) for child in (task / "children").read_text().split()]
+    return found
 
 
 class Bench:
@@ -480,6 +513,31 @@ class Bench:
                 shutil.rmtree(ROOT / sub / "home", ignore_errors=True)
 
     # ---------------------------------------------------------------------------------- set-up
+
+    def fresh_filesystem(self) -> None:
+        """Step 0 of the module docstring: bench-run/ on a new ext4, or, with --storage dir or where it cannot be
+        mounted (no root, no loop device), the directory as it is, said in the output and the JSON. The
+        filesystem stays mounted after the run, with the logs and the JSON; the next run replaces it."""
+        subprocess.run(["umount", str(ROOT)], capture_output=True, check=False)
+        IMAGE.unlink(missing_ok=True)  # one file: deleting it frees no inodes the next allocations would skip
+        shutil.rmtree(ROOT, ignore_errors=True)
+        ROOT.mkdir(parents=True)
+        self.notes["storage"] = "directory on the machine's filesystem"
+        if self.args.storage == "dir":
+            return
+        steps = [["truncate", "-s", "64G", str(IMAGE)],  # sparse: only what is written takes space
+                 ["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", str(IMAGE)],
+                 ["mount", "-o", "loop", str(IMAGE), str(ROOT)]]
+        for step in steps:
+            result = subprocess.run(step, capture_output=True, text=True, check=False)
+            if result.returncode != 0:
+                IMAGE.unlink(missing_ok=True)
+                self.say(f"bench: cannot make a fresh filesystem ({' '.join(step[:2])}: "
+                         f"{(result.stderr or result.stdout).strip()}); measuring on the directory as it is")
+                return
+        os.chmod(ROOT, 0o755)
+        self.notes["storage"] = f"a new ext4 filesystem made for this run ({IMAGE.name}, sparse, on a loop device)"
+        self.say(f"storage: {self.notes['storage']}")
 
     def start_servers(self) -> None:
         fsync = f"mail_fsync = {self.args.mail_fsync}\n"
@@ -706,7 +764,7 @@ max_connections = {self.workers}
         """Time `migrator run` as a subprocess; `expected` (messages, bytes) it should copy gives exact bytes."""
         log = self.logs / f"run-{key}.log"
         cmd = [sys.executable, "-m", "migrator", "run", "plans/bench.yaml", "--stage", stage,
-               "--workers", str(self.workers)]
+               "--workers", str(self.workers), "--processes", str(self.args.processes)]
         started = time.perf_counter()
         proc = self.start_child(cmd, log, cwd=self.project)
         poller = HwmPoller(proc.pid)
@@ -725,6 +783,8 @@ max_connections = {self.workers}
             raise SystemExit(f"bench: cannot find the summary line of `migrator run` in {log}")
         copied, mb, engine_s, msg_s, mb_s = match.groups()
         self.rss[key] = {"vmhwm_mb": round(poller.peak_kb / 1024, 1),
+                         "tree_rss_mb": round(poller.tree_rss_kb / 1024, 1),
+                         "tree_pss_mb": round(poller.tree_pss_kb / 1024, 1),
                          "ru_maxrss_upper_bound_mb": round(usage.ru_maxrss / 1024, 1)}
         if int(copied) != expected[0]:
             self.problems.append(f"{label}: copied {copied} messages, expected {expected[0]}")
@@ -733,11 +793,12 @@ max_connections = {self.workers}
                     {"command": "migrator " + " ".join(cmd[3:]), "exit": proc.returncode,
                      "reported": {"messages": int(copied), "mb": float(mb), "seconds": float(engine_s),
                                   "messages_per_second": int(msg_s), "mb_per_second": float(mb_s)},
-                     "peak_rss_mb": self.rss[key]["vmhwm_mb"],
+                     "peak_rss_mb": self.rss[key]["tree_rss_mb"],
                      "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2)})
         self.record(step)
         cpu = f"CPU {usage.ru_utime + usage.ru_stime:.2f} s (user {usage.ru_utime:.2f}, system {usage.ru_stime:.2f})"
-        self.say(f"    migrator's own line: {match.group(0)}; peak RSS {self.rss[key]['vmhwm_mb']:.1f} MB; {cpu}")
+        self.say(f"    migrator's own line: {match.group(0)}; peak RSS {self.rss[key]['tree_rss_mb']:.1f} MB "
+                 f"(worker processes included); {cpu}")
         return step
 
     # ---------------------------------------------------------------------------------- dsync
@@ -885,7 +946,7 @@ max_connections = {self.workers}
     def run(self) -> int:
         started = time.perf_counter()
         ensure_dovecot_installed()
-        shutil.rmtree(ROOT, ignore_errors=True)
+        self.fresh_filesystem()
         self.logs.mkdir(parents=True)
         self.notes["dovecot"] = subprocess.run([str(DOVECOT), "--version"], capture_output=True, text=True,
                                                check=False).stdout.strip()
@@ -950,15 +1011,19 @@ max_connections = {self.workers}
         return {
             "parameters": {"mailboxes": self.args.mailboxes, "messages_per_mailbox": self.args.messages,
                            "size_mix": self.args.size_mix, "folders": self.args.folders, "seed": self.args.seed,
-                           "workers": self.workers, "mail_fsync": self.args.mail_fsync},
+                           "workers": self.workers, "processes": self.args.processes,
+                           "mail_fsync": self.args.mail_fsync},
             "environment": {"dovecot": self.notes["dovecot"], "python": platform.python_version(),
                             "cpus": os.cpu_count(), "host": "127.0.0.1", "started_utc": self.notes["started_utc"],
                             "loadavg_1min_at_start": self.notes["loadavg_at_start"],
+                            "storage": self.notes["storage"],
                             "source_storage": "Maildir", "target_storage": "sdbox",
                             "dsync_settings": "imapc_host/imapc_port/imapc_user = %u/imapc_password, "
                                               + DSYNC_TUNING.strip().replace("\n", ", "),
-                            "peak_rss_method": "VmHWM of the migrator run process, polled from /proc every 20 ms; "
-                                               "ru_maxrss from os.wait4 is an upper bound (Linux keeps the pre-exec "
+                            "peak_rss_method": "the highest sum of RSS (and of PSS) over the migrator run process and "
+                                               "the worker processes it forks, polled from /proc/PID/smaps_rollup "
+                                               "every 20 ms; vmhwm_mb is the run process's own VmHWM; ru_maxrss "
+                                               "from os.wait4 is an upper bound (Linux keeps the pre-exec "
                                                "high-water mark of the forking bench process in it)"},
             "corpus": self.notes["corpus"],
             "steps": {k: v.as_json() for k, v in s.items()},
@@ -1018,10 +1083,10 @@ max_connections = {self.workers}
         self.say(f"(a1)/(a)  throughput  {r['a1_over_a_throughput']:.2f}   (one APPEND per message vs MULTIAPPEND)")
         self.say(f"(a2)/(a)  throughput  {r['a2_over_a_throughput']:.2f}   (migrator's connector vs raw, append)")
         self.say(f"(b2)/(b)  throughput  {r['b2_over_b_throughput']:.2f}   (migrator's connector vs raw, fetch)")
-        self.say(f"(f) peak RSS of the migrator run process: (c) {rss['c']['vmhwm_mb']:.1f} MB, "
-                 f"(d) {rss['d']['vmhwm_mb']:.1f} MB, (e) {rss['e']['vmhwm_mb']:.1f} MB "
-                 f"[VmHWM polled every 20 ms; wait4's ru_maxrss, inflated by this process: "
-                 f"{rss['c']['ru_maxrss_upper_bound_mb']:.0f} MB]")
+        self.say(f"(f) peak RSS of migrator run and its worker processes: (c) {rss['c']['tree_rss_mb']:.1f} MB, "
+                 f"(d) {rss['d']['tree_rss_mb']:.1f} MB, (e) {rss['e']['tree_rss_mb']:.1f} MB "
+                 f"[sum of RSS polled every 20 ms, shared pages counted in each process; PSS: (c) "
+                 f"{rss['c']['tree_pss_mb']:.1f} MB; the run process alone, VmHWM: {rss['c']['vmhwm_mb']:.1f} MB]")
         self.say(f"diagnostics: fetch (b) + append (a) back to back = {dg['serial_fetch_then_append_seconds']:.2f}s "
                  f"({dg['serial_fetch_then_append_msg_s']:.0f} msg/s); through migrator's connector (b2) + (a2) = "
                  f"{dg['serial_connector_seconds']:.2f}s ({dg['serial_connector_msg_s']:.0f} msg/s)")
@@ -1044,12 +1109,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2,
                         help="migrator --workers and parallel connections of every measurement (default 2)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="migrator --processes: worker processes the --workers are spread over (default 1)")
     parser.add_argument("--mail-fsync", choices=("never", "optimized", "always"), default="never",
                         help="Dovecot mail_fsync on both servers (default never, as the lab)")
     parser.add_argument("--json-out", default=None, help="JSON results (default bench-run/bench-results.json)")
-    parser.add_argument("--keep-data", action="store_true", help="keep the servers' mail under bench-run/")
+    parser.add_argument("--keep-data", action="store_true", help="keep the servers' mail under bench-run/ (and its "
+                                                                 "filesystem mounted)")
+    parser.add_argument("--storage", choices=("fresh-ext4", "dir"), default="fresh-ext4",
+                        help="where the servers keep mail: a new ext4 filesystem made for the run (default; needs "
+                             "root and a loop device) or bench-run/ on the machine's filesystem as it is")
     args = parser.parse_args(argv)
-    for name in ("mailboxes", "messages", "folders", "workers"):
+    for name in ("mailboxes", "messages", "folders", "workers", "processes"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     return args
