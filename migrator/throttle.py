@@ -7,11 +7,9 @@ Clock and sleep are injected so the limits are tested with a fake clock, never w
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import math
 import mmap
 import random
-import tempfile
 import threading
 import time
 from collections import deque
@@ -23,6 +21,7 @@ from tenacity import RetryCallState
 
 from migrator.config import ThrottleConfig
 from migrator.errors import Throttled
+from migrator.sharedlock import SharedLock
 
 BACKOFF_FIRST = 2.0  # seconds, after a throttling signal that suggests no time of its own
 BACKOFF_CAP = 300.0
@@ -34,28 +33,21 @@ Cells = ctypes.Array[ctypes.c_double]
 
 class SharedCells:
     """A few numbers that every process forked from this one reads and writes (an endpoint's limits count the
-    work of all of them), under one lock that threads and processes both respect. The lock is a POSIX record
-    lock, which dies with its holder: a worker killed while holding it (kill -9, the OOM killer) cannot freeze
-    the others. Times in the cells are time.monotonic() readings, one clock for every process on the host."""
+    work of all of them), under a SharedLock whose file holds them. Times in the cells are time.monotonic()
+    readings, one clock for every process on the host."""
 
     def __init__(self, *initial: float) -> None:
         size = 8 * max(1, len(initial))  # mmap maps no empty file
-        self._file = tempfile.TemporaryFile()  # noqa: SIM115 - open as long as the cells live
-        self._file.truncate(size)
-        self._map = mmap.mmap(self._file.fileno(), size)  # MAP_SHARED: forks see the same pages
+        self._lock = SharedLock(size)
+        self._map = mmap.mmap(self._lock.file.fileno(), size)  # MAP_SHARED: forks see the same pages
         self._cells = (ctypes.c_double * (size // 8)).from_buffer(self._map)
         for index, value in enumerate(initial):
             self._cells[index] = value
-        self._threads = threading.Lock()
 
     @contextmanager
     def locked(self) -> Iterator[Cells]:
-        with self._threads:
-            fcntl.lockf(self._file.fileno(), fcntl.LOCK_EX)
-            try:
-                yield self._cells
-            finally:
-                fcntl.lockf(self._file.fileno(), fcntl.LOCK_UN)
+        with self._lock:
+            yield self._cells
 
 
 @dataclass(frozen=True)

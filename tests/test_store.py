@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -497,3 +499,37 @@ def test_remember_target_folder_insert_then_update(store: Engine) -> None:
             "Sent Items": TargetFolderRecord("Sent Items", "5", False, None),
             "Projects/2026": TargetFolderRecord("Projects/2026", "9", True, checkpoint_id),
         }
+
+
+def test_sqlite_writers_of_threads_and_forked_processes_queue_on_the_gate(tmp_path: Path) -> None:
+    """With a busy timeout of 1 ms, any writer that met another's transaction through SQLite's busy handler
+    would fail with "database is locked": writers in threads and in a forked process all get their turn."""
+    engine = create_store_engine(f"sqlite:///{tmp_path / 'gate.db'}", busy_timeout_ms=1)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE written (writer TEXT, n INTEGER)")
+    engine.dispose()
+    errors: list[BaseException] = []
+
+    def write(writer: str) -> None:
+        try:
+            for n in range(60):
+                with engine.begin() as conn:
+                    conn.exec_driver_sql("INSERT INTO written VALUES (?, ?)", (writer, n))
+        except BaseException as exc:  # reported below, with the writer
+            errors.append(exc)
+
+    pid = os.fork()
+    if pid == 0:
+        engine.dispose(close=False)
+        write("process")
+        os._exit(1 if errors else 0)
+    threads = [threading.Thread(target=write, args=(f"thread {i}",)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0, "the forked writer failed"
+    assert not errors, errors
+    with engine.connect() as conn:
+        rows = dict(conn.exec_driver_sql("SELECT writer, count(*) FROM written GROUP BY writer").all())
+    assert rows == {"process": 60, "thread 0": 60, "thread 1": 60, "thread 2": 60}

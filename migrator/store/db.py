@@ -2,12 +2,18 @@
 
 SQLite runs in WAL mode with `synchronous=FULL` (a committed ledger row survives power loss, which is
 the whole point of writing it before an APPEND) and every transaction starts with BEGIN IMMEDIATE, so
-writers queue on the busy timeout instead of failing half-way. PostgreSQL needs nothing special.
+writers queue instead of failing half-way. They queue on a writer gate (a SharedLock) shared by the
+engine's threads and the worker processes forked with it: SQLite's own busy handler sleeps 1, 2, 5 ...
+100 ms between tries and is not woken when the lock frees, so a writer could sleep 100 ms behind a
+transaction of a millisecond, and under steady contention several times in a row. Other processes on the
+same store (another run, `status`) still meet the busy timeout. PostgreSQL needs nothing special.
 """
 
 from __future__ import annotations
 
 import re
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -19,11 +25,14 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 import migrator
 from migrator.errors import StateError, UserError
+from migrator.sharedlock import SharedLock
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
 
 BUSY_TIMEOUT_MS = 30_000
+GATE_LIMIT = 30.0  # seconds a writer waits for the writer gate at most (see _GatedConnection.enter_write)
+GATE_SLACK_MS = 100  # a wait for the gate longer than this is taken off SQLite's own busy timeout
 READ_ONLY_OPTION = "migrator_read_only"
 
 
@@ -36,9 +45,46 @@ def migrations_dir() -> Path:
     raise StateError("the Alembic revisions (migrations/) are missing from this installation")
 
 
+class _GatedConnection(sqlite3.Connection):
+    """A connection whose write transaction holds the writer gate from BEGIN IMMEDIATE to COMMIT or ROLLBACK."""
+
+    gate: SharedLock | None = None
+    holds_gate = False
+
+    def enter_write(self, busy_timeout: float) -> float:
+        """Take the gate; returns the seconds it took. Not granted within GATE_LIMIT (longer than any write
+        transaction: a mistake that nests two writes in one thread), the write goes on without it and SQLite's
+        busy timeout has the last word, as without a gate."""
+        if self.gate is None:
+            return 0.0
+        started = time.monotonic()
+        self.holds_gate = self.gate.acquire(max(busy_timeout, GATE_LIMIT))
+        return time.monotonic() - started
+
+    def leave_write(self) -> None:
+        if self.holds_gate and self.gate is not None:
+            self.holds_gate = False
+            self.gate.release()
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        finally:
+            self.leave_write()
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            self.leave_write()
+
+
 def _tune_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
+    gate = SharedLock()
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.gate = gate
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
@@ -50,15 +96,34 @@ def _tune_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
         # readers (status, reports) take a snapshot and never wait for a writer; WAL allows it
-        deferred = connection.get_execution_options().get(READ_ONLY_OPTION)
-        connection.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
+        if connection.get_execution_options().get(READ_ONLY_OPTION):
+            connection.exec_driver_sql("BEGIN")
+            return
+        dbapi_connection = connection.connection.dbapi_connection
+        assert isinstance(dbapi_connection, _GatedConnection)
+        waited_ms = int(dbapi_connection.enter_write(busy_timeout_ms / 1000) * 1000)
+        # Writers that queued behind one stuck on another process's lock share its deadline: each waits out
+        # what is left of one busy timeout, not a whole one after the other.
+        shortened = waited_ms > GATE_SLACK_MS
+        try:
+            if shortened:
+                connection.exec_driver_sql(f"PRAGMA busy_timeout = {max(0, busy_timeout_ms - waited_ms)}")
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            dbapi_connection.leave_write()
+            raise
+        finally:
+            if shortened:
+                connection.exec_driver_sql(f"PRAGMA busy_timeout = {busy_timeout_ms}")
 
 
 def create_store_engine(url: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Engine:
     """An Engine for `url`; raises UserError for a malformed URL or a missing driver. On SQLite a writer
     waits up to `busy_timeout_ms` for another process's transaction before giving up."""
+    sqlite = url.startswith("sqlite")
     try:
-        engine = create_engine(url, future=True, pool_pre_ping=not url.startswith("sqlite"))
+        engine = create_engine(url, future=True, pool_pre_ping=not sqlite,
+                               connect_args={"factory": _GatedConnection} if sqlite else {})
     except (ArgumentError, ImportError) as exc:
         raise UserError(f"[state].url: cannot use {url.split('://')[0]!r}: {exc}") from None
     if engine.dialect.name == "sqlite":
