@@ -94,15 +94,23 @@ class Journal:
         if self.stop.is_set():
             raise Interrupted("stop requested: in-flight work is recorded; re-run the same command to resume")
 
-    def intents(self, copies: Sequence[PendingCopy]) -> list[int]:
-        return self._commit(lambda c: ledger.record_intents(c, self.lease, self.mailbox_id, self.checkpoint_id, copies))
+    def intents(self, copies: Sequence[PendingCopy], done: Mapping[int, str] | None = None, done_size: int = 0
+                ) -> list[int]:
+        """Intent rows for `copies`; with `done`, the done rows of an earlier batch in the same transaction (a
+        batch then costs one commit, one fsync on SQLite, instead of two)."""
+        def write(conn: Connection) -> list[int]:
+            if done:
+                self._record_done(conn, done, done_size)
+            return ledger.record_intents(conn, self.lease, self.mailbox_id, self.checkpoint_id, copies)
+        return self._commit(write)
 
     def done(self, target_ids: Mapping[int, str], size: int) -> None:
-        def write(conn: Connection) -> None:
-            ledger.record_done(conn, self.lease, target_ids)
-            work.add_to_checkpoint(conn, self.checkpoint_id, copied=len(target_ids), copied_bytes=size,
-                                   throttled_seconds=self.take_throttled())
-        self._commit(write)
+        self._commit(lambda conn: self._record_done(conn, target_ids, size))
+
+    def _record_done(self, conn: Connection, target_ids: Mapping[int, str], size: int) -> None:
+        ledger.record_done(conn, self.lease, target_ids)
+        work.add_to_checkpoint(conn, self.checkpoint_id, copied=len(target_ids), copied_bytes=size,
+                               throttled_seconds=self.take_throttled())
 
     def settled(self, target_ids: Mapping[int, str], dropped: Sequence[int], copied: int, size: int) -> None:
         def write(conn: Connection) -> None:

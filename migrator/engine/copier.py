@@ -1,11 +1,12 @@
 """Copying one folder's batches to the target: intents, APPEND, done rows; intent before effect.
 
 Where the target names the id each APPEND got (UIDPLUS, Graph), one APPEND is in flight in a thread of its
-own while this thread commits the next batch's intents and the last batch's done rows: the ledger's
-commits then cost none of the target's time, and the target's APPEND path is what limits a pass. At a
-crash at most two batches have open intents (the one being appended and the next), which the next pass
-settles like one. Where it does not, copies are found by their tags right after each APPEND on the same
-session, so nothing overlaps.
+own while this thread commits the next batch's intents together with the last batch's done rows (the
+journal writes done rows with its next commit: one transaction per batch): the ledger's commits then cost
+none of the target's time, and the target's APPEND path is what limits a pass. At a crash at most three
+batches have open intents (one acknowledged but not yet recorded, the one being appended and the next),
+which the next pass settles like one. Where it does not, copies are found by their tags right after each
+APPEND on the same session, so nothing overlaps.
 
 Every batch's intents carry the watermark read before the pass's first APPEND to the folder: the mark is
 an opaque lower bound ("messages appended after it can be told apart"), and the target's session is busy
@@ -51,6 +52,8 @@ class FolderCopier:
         self._inflight: tuple[Future[AppendResults], _Batch] | None = None
         self._watermark: str | None = None
         self._watermark_read = False
+        self._done: dict[int, str] = {}  # acknowledged copies whose done rows go with the next intents
+        self._done_size = 0
 
     def __enter__(self) -> FolderCopier:
         return self
@@ -62,6 +65,8 @@ class FolderCopier:
                 self._collect()
         finally:
             self._abandon()
+            if self._done:
+                self.journal.done(*self._take_done())
 
     def copy(self, messages: Sequence[RawMessage]) -> None:
         """Record the batch's intents, then hand it to the target (after the APPEND in flight, if any)."""
@@ -83,7 +88,25 @@ class FolderCopier:
             assert self._pool is not None
             self._inflight = (self._pool.submit(self.dst.append, self.target, batch.messages), batch)
         if finished is not None:
-            self._record(*finished)
+            results, appended = finished
+            assert not isinstance(results, ItemFailed)  # a refused one was recorded above
+            self._keep_done(results, appended)
+
+    def _keep_done(self, results: AppendResults, batch: _Batch) -> None:
+        """A clean APPEND (every copy's id known): its done rows are written with the next batch's intents, one
+        transaction per batch instead of two. Safe: a crash before it leaves open intents, which the next pass
+        settles by searching the target, as for a batch in flight."""
+        self.journal.effect_done()
+        size = sum(len(m.body) for m in batch.messages)
+        self._done.update({batch.ledger_ids[m.ref.id]: str(uid) for m, uid in zip(batch.messages, results,
+                                                                                  strict=True)})
+        self._done_size += size
+        self.ctx.progress.add(messages=len(batch.messages), size=size)
+
+    def _take_done(self) -> tuple[dict[int, str], int]:
+        done, size = self._done, self._done_size
+        self._done, self._done_size = {}, 0
+        return done, size
 
     def _intents(self, messages: Sequence[RawMessage]) -> _Batch:
         limit = self._limit
@@ -91,7 +114,8 @@ class FolderCopier:
         if sendable and not self._watermark_read:
             self._watermark = self.dst.watermark(self.target)  # nothing is in flight before the first APPEND
             self._watermark_read = True
-        ids = self.journal.intents([_pending(self.folder, self.target, m, self._watermark) for m in messages])
+        ids = self.journal.intents([_pending(self.folder, self.target, m, self._watermark) for m in messages],
+                                   *self._take_done())
         ledger_ids = dict(zip([m.ref.id for m in messages], ids, strict=True))
         for message in messages:
             if limit is not None and len(message.body) > limit:
