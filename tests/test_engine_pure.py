@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from migrator.config import FilterConfig
 from migrator.engine.diff import chunk_refs, plan_folder, settle
 from migrator.engine.mapping import FolderRoute, effective_role, is_excluded, route_folders
+from migrator.engine.worker import folder_groups
 from migrator.model import CopyTag, FolderInfo, MessageRef, Role
 from migrator.store.ledger import DONE, FAILED, INTENT
 from migrator.store.records import LedgerEntry
@@ -278,3 +279,15 @@ def test_chunk_refs_property(sizes: list[int], max_count: int, max_bytes: int) -
     for chunk in chunks:
         assert chunk and len(chunk) <= max_count
         assert sum(r.size for r in chunk) <= max_bytes or len(chunk) == 1
+
+
+def test_folders_that_share_a_target_folder_are_one_work_item_largest_first() -> None:
+    """Two source folders mapped into one target folder never run on two session pairs at once."""
+    def job(source: str, messages: int, target: str) -> tuple[FolderRoute, FolderInfo]:
+        return FolderRoute(FolderInfo(source, "/", messages=messages), target, None), FolderInfo(target, "/")
+
+    jobs = [job("A", 10, "Inbox"), job("B", 300, "B"), job("C", 200, "Inbox"), job("D", 5, "D")]
+    groups = folder_groups(jobs, largest_first=True)
+    assert [[route.source.path for route, _target in group] for group in groups] == [["B"], ["A", "C"], ["D"]]
+    unsorted = folder_groups(jobs, largest_first=False)
+    assert [[route.source.path for route, _target in group] for group in unsorted] == [["A", "C"], ["B"], ["D"]]

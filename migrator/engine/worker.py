@@ -157,21 +157,37 @@ def _copy_mailbox(ctx: RunContext, record: MailboxRecord, journal: Journal, src:
         except FolderFailed as exc:
             folder_failed(exc)
 
-    def sync(pair: SessionPair, job: tuple[FolderRoute, FolderInfo]) -> None:
-        journal.check_stop()
-        route, target = job
-        _sync_folder(ctx, record, journal, pair[0], pair[1], route.source, target, states.get(route.source.path, {}),
-                     native)
+    def sync(pair: SessionPair, group: list[tuple[FolderRoute, FolderInfo]]) -> None:
+        for route, target in group:
+            journal.check_stop()
+            try:
+                _sync_folder(ctx, record, journal, pair[0], pair[1], route.source, target,
+                             states.get(route.source.path, {}), native)
+            except FolderFailed as exc:  # the group's other folders go on
+                folder_failed(exc)
 
     pairs = ctx.options.folder_sessions
-    if pairs > 1:
-        jobs.sort(key=lambda job: -job[0].source.messages)  # the largest first: they set the pass's length
     source_login, target_login = logins_for(ctx.credentials, record)
     open_pair = opener(lambda: open_mailbox(ctx.source, source_login, write=False),
                        lambda: open_mailbox(ctx.target, target_login, write=True))
-    run_folders(jobs, pairs, (src, dst), open_pair, sync, folder_failed,
+    run_folders(folder_groups(jobs, largest_first=pairs > 1), pairs, (src, dst), open_pair, sync, folder_failed,
                 lambda pair: _count_server_waits(ctx, journal, *pair))
     return problems
+
+
+def folder_groups(jobs: Sequence[tuple[FolderRoute, FolderInfo]], *,
+                  largest_first: bool) -> list[list[tuple[FolderRoute, FolderInfo]]]:
+    """The work items of a mailbox's session pairs. Source folders that share a target folder (a mapping
+    that merges them) form one item, copied one after the other on one pair: settling one's open intents
+    must not meet copies the other just made there and has not recorded yet. With several pairs the
+    largest items go first: they set the pass's length."""
+    groups: dict[str, list[tuple[FolderRoute, FolderInfo]]] = {}
+    for job in jobs:
+        groups.setdefault(job[1].path, []).append(job)
+    ordered = list(groups.values())
+    if largest_first:
+        ordered.sort(key=lambda group: -sum(route.source.messages for route, _target in group))
+    return ordered
 
 
 def _native_format(journal: Journal, src: Mailbox, dst: Mailbox) -> str | None:
