@@ -15,7 +15,7 @@ with the APPEND in flight when the next intents are written.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from migrator.engine.worker import RunContext
 
 AppendResults = Sequence[str | ItemFailed | None]
+DoneRows = Callable[[Mapping[int, str], int], None]  # done rows (ledger id -> target id) and their bytes
 
 
 @dataclass(frozen=True)
@@ -88,20 +89,14 @@ class FolderCopier:
             assert self._pool is not None
             self._inflight = (self._pool.submit(self.dst.append, self.target, batch.messages), batch)
         if finished is not None:
-            results, appended = finished
-            assert not isinstance(results, ItemFailed)  # a refused one was recorded above
-            self._keep_done(results, appended)
+            self._record(*finished, record_done=self._keep_done)
 
-    def _keep_done(self, results: AppendResults, batch: _Batch) -> None:
-        """A clean APPEND (every copy's id known): its done rows are written with the next batch's intents, one
+    def _keep_done(self, target_ids: Mapping[int, str], size: int) -> None:
+        """A clean APPEND's done rows (every copy's id known) are written with the next batch's intents, one
         transaction per batch instead of two. Safe: a crash before it leaves open intents, which the next pass
         settles by searching the target, as for a batch in flight."""
-        self.journal.effect_done()
-        size = sum(len(m.body) for m in batch.messages)
-        self._done.update({batch.ledger_ids[m.ref.id]: str(uid) for m, uid in zip(batch.messages, results,
-                                                                                  strict=True)})
+        self._done.update(target_ids)
         self._done_size += size
-        self.ctx.progress.add(messages=len(batch.messages), size=size)
 
     def _take_done(self) -> tuple[dict[int, str], int]:
         done, size = self._done, self._done_size
@@ -139,9 +134,9 @@ class FolderCopier:
             results = exc
         return results, batch
 
-    def _record(self, results: AppendResults | ItemFailed, batch: _Batch) -> None:
+    def _record(self, results: AppendResults | ItemFailed, batch: _Batch, record_done: DoneRows | None = None) -> None:
         _recorded(self.ctx, self.journal, self.dst, self.folder, self.target, batch.messages, batch.ledger_ids,
-                  results, self._watermark)
+                  results, self._watermark, record_done or self.journal.done)
 
     def _collect(self) -> None:
         finished = self._wait()
@@ -175,19 +170,20 @@ def _append(ctx: RunContext, journal: Journal, dst: Mailbox, folder: FolderInfo,
         results: AppendResults | ItemFailed = dst.append(target, messages)
     except ItemFailed as exc:
         results = exc
-    _recorded(ctx, journal, dst, folder, target, messages, ledger_ids, results, since)
+    _recorded(ctx, journal, dst, folder, target, messages, ledger_ids, results, since, journal.done)
 
 
 def _recorded(ctx: RunContext, journal: Journal, dst: Mailbox, folder: FolderInfo, target: FolderInfo,
               messages: Sequence[RawMessage], ledger_ids: Mapping[str, int], results: AppendResults | ItemFailed,
-              since: str | None) -> None:
+              since: str | None, record_done: DoneRows) -> None:
     """An APPEND's outcome into the ledger: a refused bulk APPEND (stored nothing) is retried message by
-    message; otherwise done rows, failed items, and a search by tag for ids the target did not name."""
+    message; otherwise done rows (to `record_done`), failed items, and a search by tag for ids the target did
+    not name."""
     if isinstance(results, ItemFailed):
         _bulk_refused(ctx, journal, dst, folder, target, messages, ledger_ids, results)
         return
     journal.effect_done()
-    _appended(ctx, journal, dst, target, folder, messages, ledger_ids, results, since)
+    _appended(ctx, journal, dst, target, folder, messages, ledger_ids, results, since, record_done)
 
 
 def _bulk_refused(ctx: RunContext, journal: Journal, dst: Mailbox, folder: FolderInfo, target: FolderInfo,
@@ -201,7 +197,7 @@ def _bulk_refused(ctx: RunContext, journal: Journal, dst: Mailbox, folder: Folde
 
 def _appended(ctx: RunContext, journal: Journal, dst: Mailbox, target: FolderInfo, folder: FolderInfo,
               messages: Sequence[RawMessage], ledger_ids: Mapping[str, int], results: AppendResults,
-              since: str | None) -> None:
+              since: str | None, record_done: DoneRows) -> None:
     """Done rows for what an APPEND stored; the ids it did not name are searched for by tag after `since`."""
     for message, result in zip(messages, results, strict=True):
         if isinstance(result, ItemFailed):  # stored one by one: the others went in
@@ -213,8 +209,9 @@ def _appended(ctx: RunContext, journal: Journal, dst: Mailbox, target: FolderInf
         found = dst.find_tagged(target, [CopyTag(m.digest, len(m.body)) for m in messages], since)
         uids = _match_found(messages, found, uids)
     done = {ledger_ids[m.ref.id]: uid for m, uid in zip(messages, uids, strict=True) if uid is not None}
-    journal.done(done, sum(len(m.body) for m in messages))
-    ctx.progress.add(messages=len(done), size=sum(len(m.body) for m in messages))
+    size = sum(len(m.body) for m in messages)
+    record_done(done, size)
+    ctx.progress.add(messages=len(done), size=size)
 
 
 def _match_found(messages: Sequence[RawMessage], found: Mapping[CopyTag, Sequence[str]],
