@@ -121,6 +121,17 @@ class Pacer:
         self._buckets = {name: _Bucket(rate, 2 * index) for index, (name, rate) in enumerate(rates.items())}
         self._state = SharedCells(*(value for rate in rates.values() for value in (rate, now)))
 
+    def batch_limits(self, messages: int, size: int) -> tuple[int, int]:
+        """The largest batch (count, bytes) within `messages` and `size` that the buckets pass without a burst:
+        one second's worth of each configured rate, a bucket's capacity. A larger batch would go in one piece
+        after a long wait, so any window shorter than its repayment would see it all (at 20 messages/s, a batch
+        of 1,000 is 50 seconds' worth in one go). A message larger than the byte bound still travels alone."""
+        if "messages" in self._buckets:
+            messages = min(messages, max(1, int(self._buckets["messages"].rate)))
+        if "bytes" in self._buckets:
+            size = min(size, max(1, int(self._buckets["bytes"].rate)))
+        return messages, size
+
     def acquire(self, messages: int, size: int) -> float:
         """Block until the endpoint's hold is over and `messages` and `size` bytes may be sent; returns the
         seconds waited."""

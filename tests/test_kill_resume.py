@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -57,3 +59,14 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(big_lab: Lab) ->
     big_lab.migrator("verify", "plans/wave1.yaml", "--deep")
     again = big_lab.migrator("run", "plans/wave1.yaml", "--stage", "prestage")
     assert "copied 0 messages" in again.stdout
+    # The configured 150 messages/s bounds every batch to one second's worth, in folders that hold more.
+    batches, folders = batch_and_folder_sizes(big_lab.project / "migrator.db")
+    assert max(batches) <= 150 < max(folders), (max(batches), max(folders))
+
+
+def batch_and_folder_sizes(db: Path) -> tuple[list[int], list[int]]:
+    """Intent rows per batch (a batch's rows share their mailbox, folder and creation stamp), rows per folder."""
+    with closing(sqlite3.connect(db)) as conn:
+        batches = conn.execute("SELECT COUNT(*) FROM ledger GROUP BY mailbox_id, source_folder, created_at").fetchall()
+        folders = conn.execute("SELECT COUNT(*) FROM ledger GROUP BY mailbox_id, source_folder").fetchall()
+    return [n for (n,) in batches], [n for (n,) in folders]

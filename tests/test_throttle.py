@@ -7,6 +7,7 @@ import random
 import signal
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import pytest
 from imapclient.exceptions import IMAPClientError
@@ -14,7 +15,10 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
 from migrator.config import ThrottleConfig
 from migrator.connectors.imap import classify_failure
+from migrator.engine.diff import chunk_refs
+from migrator.engine.worker import CHUNK_BYTES, CHUNK_MESSAGES
 from migrator.errors import Throttled
+from migrator.model import MessageRef
 from migrator.throttle import BACKOFF_CALM, Pacer, ServerBackoff, SharedCells, WindowBudget
 
 WINDOW = 30.0
@@ -100,6 +104,37 @@ def test_batches_are_paced_by_their_size() -> None:
             break
         messages += 10
     assert within(messages, 20 * WINDOW), messages
+
+
+@pytest.mark.parametrize(("config", "size"), [(ThrottleConfig(messages_per_second=20), 1000),
+                                              (ThrottleConfig(messages_per_second=2.5), 1000),
+                                              (ThrottleConfig(bytes_per_second=1_000_000), 30_000),
+                                              (ThrottleConfig(bytes_per_second=100_000), 400_000)])
+def test_the_engines_batches_keep_every_window_within_the_limit(config: ThrottleConfig, size: int) -> None:
+    """A pass cuts a folder into batches of up to CHUNK_MESSAGES and CHUNK_BYTES, each paced as one. Bound by
+    the pacer's batch_limits, no 30 s window (wherever it starts) holds more than the limit allows, plus one
+    message that is larger than a second's worth on its own."""
+    time = FakeTime()
+    pacer = Pacer(config, clock=time.clock, sleep=time.sleep)
+    refs = [MessageRef(str(uid), size, frozenset(), datetime(2026, 1, 1, tzinfo=UTC)) for uid in range(1, 3001)]
+    sent: list[tuple[float, int, int]] = []
+    for chunk in chunk_refs(refs, *pacer.batch_limits(CHUNK_MESSAGES, CHUNK_BYTES)):
+        if time.elapsed > 4 * WINDOW:
+            break
+        pacer.acquire(len(chunk), len(chunk) * size)
+        sent.append((time.now, len(chunk), len(chunk) * size))
+    rate, unit = ((config.messages_per_second, 1) if config.messages_per_second else (config.bytes_per_second, size))
+    assert rate is not None
+    for start, _count, _bytes in sent:
+        window = sum(count if unit == 1 else sent_bytes
+                     for stamp, count, sent_bytes in sent if start <= stamp < start + WINDOW)
+        assert window <= rate * WINDOW * 1.1 + (size if unit != 1 else 0), (start, window)
+    assert sum(count for _stamp, count, _bytes in sent) * unit >= 3 * WINDOW * rate, "the limit is reached"
+
+
+def test_batch_limits_without_limits_are_the_callers() -> None:
+    assert Pacer(ThrottleConfig()).batch_limits(CHUNK_MESSAGES, CHUNK_BYTES) == (CHUNK_MESSAGES, CHUNK_BYTES)
+    assert Pacer(ThrottleConfig(messages_per_second=0.5)).batch_limits(100, 10) == (1, 10)
 
 
 def test_no_limits_never_sleeps() -> None:

@@ -34,7 +34,7 @@ from migrator.store.db import reading
 from migrator.store.records import LedgerEntry, MailboxRecord, TargetFolderRecord
 from migrator.throttle import Pacer
 
-CHUNK_MESSAGES = 200
+CHUNK_MESSAGES = 1000
 CHUNK_BYTES = 8 * 2**20
 MAX_ATTEMPTS = 5
 
@@ -269,7 +269,8 @@ def _sync_folder(ctx: RunContext, record: MailboxRecord, journal: Journal, src: 
         dst.set_flags(target, {tid: flags for tid, flags in actions.flag_updates.values()})
         journal.flags({lid: flags for lid, (_tid, flags) in actions.flag_updates.items()})
         ctx.progress.add(flag_updates=len(actions.flag_updates))
-    chunks = diff.chunk_refs(actions.copy, CHUNK_MESSAGES, CHUNK_BYTES)
+    chunks = diff.chunk_refs(actions.copy, *ctx.target_pacer.batch_limits(
+        *ctx.source_pacer.batch_limits(CHUNK_MESSAGES, CHUNK_BYTES)))
     with Prefetcher(src, folder, chunks, lambda chunk: _pace_source(ctx, journal, chunk), native) as batches, \
             FolderCopier(ctx, journal, dst, folder, target) as copier:
         for messages in batches:
