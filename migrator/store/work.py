@@ -169,13 +169,16 @@ def open_checkpoint(conn: Connection, lease: Lease, mailbox_id: int, stage: str)
     return int(result.inserted_primary_key[0])  # type: ignore[index]
 
 
+# Built once, as _RENEW: a pass adds to its checkpoint with every batch it records.
+_ADD = (update(checkpoint).where(checkpoint.c.id == bindparam("checkpoint_id")).values(
+    {counter: checkpoint.c[counter] + bindparam(counter) for counter in
+     ("copied", "copied_bytes", "flag_updates", "failed", "throttled_seconds")}))
+
+
 def add_to_checkpoint(conn: Connection, checkpoint_id: int, *, copied: int = 0, copied_bytes: int = 0,
                       flag_updates: int = 0, failed: int = 0, throttled_seconds: float = 0.0) -> None:
-    c = checkpoint.c
-    conn.execute(update(checkpoint).where(c.id == checkpoint_id).values(
-        copied=c.copied + copied, copied_bytes=c.copied_bytes + copied_bytes,
-        flag_updates=c.flag_updates + flag_updates, failed=c.failed + failed,
-        throttled_seconds=c.throttled_seconds + throttled_seconds))
+    conn.execute(_ADD, {"checkpoint_id": checkpoint_id, "copied": copied, "copied_bytes": copied_bytes,
+                        "flag_updates": flag_updates, "failed": failed, "throttled_seconds": throttled_seconds})
 
 
 def close_checkpoint(conn: Connection, checkpoint_id: int, outcome: str, throttled_seconds: float = 0.0) -> None:
