@@ -518,7 +518,8 @@ class Bench:
         """Step 0 of the module docstring: bench-run/ on a new ext4, or, with --storage dir or where it cannot be
         mounted (no root, no loop device), the directory as it is, said in the output and the JSON. The
         filesystem stays mounted after the run, with the logs and the JSON; the next run replaces it."""
-        subprocess.run(["umount", str(ROOT)], capture_output=True, check=False)
+        while subprocess.run(["umount", str(ROOT)], capture_output=True, check=False).returncode == 0:
+            pass  # an interrupted or concurrent run can leave mounts stacked on it
         IMAGE.unlink(missing_ok=True)  # one file: deleting it frees no inodes the next allocations would skip
         shutil.rmtree(ROOT, ignore_errors=True)
         ROOT.mkdir(parents=True)
