@@ -12,6 +12,7 @@ from pathlib import Path
 
 import imapclient
 import pytest
+from imapclient.datetime_util import datetime_to_INTERNALDATE
 from imapclient.exceptions import IMAPClientError, ProtocolError
 from imapclient.response_parser import parse_fetch_response
 
@@ -88,6 +89,20 @@ def test_internal_dates_read_like_strptime(text: bytes) -> None:
     expected = datetime.strptime(text.decode().strip(), "%d-%b-%Y %H:%M:%S %z")
     parsed = imap_fetch.internal_date(text)
     assert parsed == expected and parsed.utcoffset() == expected.utcoffset()
+
+
+@pytest.mark.parametrize("value", [
+    datetime(2026, 7, 7, 10, tzinfo=timezone(timedelta(hours=2))), datetime(1999, 1, 17, 23, 59, 59, tzinfo=UTC),
+    datetime(2024, 2, 29, 12, 34, 56, tzinfo=timezone(-timedelta(hours=11, minutes=30))),
+    datetime(2026, 12, 31, 1, 2, 3, tzinfo=timezone(timedelta(hours=14))),
+    datetime(2026, 3, 1, 4, 5, 6),  # no zone: imapclient's way (the machine's zone)
+    datetime(2026, 3, 1, 4, 5, 6, tzinfo=timezone(timedelta(seconds=30))),  # odd seconds: imapclient's way
+])
+def test_internal_dates_are_written_like_imapclient(value: datetime) -> None:
+    written = imap_fetch.format_internal_date(value)
+    assert written == datetime_to_INTERNALDATE(value).encode()
+    if value.tzinfo is not None and not value.utcoffset().seconds % 60:  # type: ignore[union-attr]
+        assert imap_fetch.internal_date(written) == value
 
 
 def test_an_impossible_internal_date_is_refused() -> None:

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import imapclient
 from imapclient import exceptions as imap_errors
-from imapclient.datetime_util import datetime_to_INTERNALDATE
 from imapclient.imapclient import _literal
 
 from migrator.config import EndpointConfig
@@ -261,6 +260,12 @@ def _append_command(imap: Any, mailbox: bytes, entries: Sequence[tuple[bytes, by
     return typ, data
 
 
+@lru_cache(maxsize=4096)
+def _flag_list(flags: frozenset[str]) -> bytes:
+    """The flags an APPEND carries, in a flag list. Cached: a folder has few distinct flag sets."""
+    return " ".join(sorted(_storable(flags))).encode()
+
+
 def _storable(flags: frozenset[str]) -> frozenset[str]:
     """Keywords from other kinds of endpoint (Exchange categories) may hold spaces: IMAP needs atoms."""
     return Capabilities().storable_flags(flags)
@@ -405,8 +410,8 @@ class ImapMailbox:
         if len(messages) > 1 and "MULTIAPPEND" not in self._caps:
             return [uid for message in messages for uid in self.append(folder, [message])]
         mailbox = self.client._normalise_folder(folder.path)
-        entries = [(" ".join(sorted(_storable(m.ref.flags))).encode(),
-                    datetime_to_INTERNALDATE(m.ref.internal_date).encode(), m.body) for m in messages]
+        entries = [(_flag_list(m.ref.flags), imap_fetch.format_internal_date(m.ref.internal_date), m.body)
+                   for m in messages]
         context = f"{self.context} APPEND to {folder.path!r}"
         with _translated(self.role, context):
             if "LITERAL+" in self._caps and all(flags.isascii() for flags, _date, _body in entries):

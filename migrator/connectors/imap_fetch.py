@@ -18,6 +18,7 @@ from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Any
 
+from imapclient.datetime_util import datetime_to_INTERNALDATE
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 from imapclient.response_parser import parse_fetch_response
 
@@ -49,6 +50,23 @@ def internal_date(text: bytes) -> datetime:
     day, _, year, hour, minute, second, sign, tz_hours, tz_minutes = match.groups()
     return datetime(int(year), month, int(day), int(hour), int(minute), int(second),
                     tzinfo=_zone(sign + tz_hours + tz_minutes))
+
+
+_MONTH_NAMES = (b"", *(name.capitalize() for name in _MONTHS))
+
+
+def format_internal_date(value: datetime) -> bytes:
+    """The date-time an APPEND carries, as imapclient's datetime_to_INTERNALDATE writes it (e.g.
+    "07-Jul-2026 10:00:00 +0200"), in half its time; a date without a zone, or with one of odd seconds, goes
+    its way."""
+    offset = value.utcoffset()
+    if offset is None or offset.seconds % 60:
+        text: str = datetime_to_INTERNALDATE(value)
+        return text.encode("ascii")
+    minutes = offset.days * 1440 + offset.seconds // 60
+    sign, minutes = (b"-", -minutes) if minutes < 0 else (b"+", minutes)
+    return b"%02d-%s-%04d %02d:%02d:%02d %s%02d%02d" % (value.day, _MONTH_NAMES[value.month], value.year, value.hour,
+                                                         value.minute, value.second, sign, minutes // 60, minutes % 60)
 
 
 @lru_cache(maxsize=256)

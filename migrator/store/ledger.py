@@ -29,6 +29,12 @@ _IDS_PER_QUERY = 500  # bound parameters per IN list (SQLite's limit was 999 bef
 def encode_flags(flags: Iterable[str]) -> str:
     """Space-separated, as IMAP writes them; a JSON list where a flag holds whitespace (an Exchange
     category such as "Red category"). An IMAP flag cannot start with a quote, so the two never mix up."""
+    return _encoded(flags if isinstance(flags, frozenset) else frozenset(flags))
+
+
+@lru_cache(maxsize=4096)
+def _encoded(flags: frozenset[str]) -> str:
+    """Cached: every intent row is encoded, and a mailbox has few distinct flag sets."""
     ordered = sorted(flags)
     return json.dumps(ordered, ensure_ascii=False) if any(len(f.split()) != 1 for f in ordered) else " ".join(ordered)
 
