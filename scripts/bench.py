@@ -31,6 +31,9 @@ What it does (everything under bench-run/, servers on 127.0.0.1 only, stopped by
         ru_maxrss: Linux carries the high-water mark of the pre-exec address space (a fork or vfork of this
         process, which holds the whole corpus) into the child's ru_maxrss, so wait4's and RUSAGE_CHILDREN's
         figure is max(this process, migrator); it is kept in the JSON as an upper bound.
+   Every step starts after a sync (untimed): the servers do not fsync (mail_fsync = never), so the dirty
+   pages of one step were written back during the next, and whichever step met the kernel's writeback
+   stalled (a no-op delta after the large corpus's full pass took 2.7 s instead of 0.7 s).
 4. Verifies that the migrator target equals the source (per folder: SHA-256 of the bytes, flags,
    INTERNALDATE, like tests/imap_fixtures.py Lab.assert_exact_copy) and that the reference copies (a) and
    (c') hold every message; exits 1 when not.
@@ -957,17 +960,20 @@ max_connections = {self.workers}
         self.start_servers()
         self.generate()
         self.load_source()
-        self.measure_fetch()
-        self.measure_append()
-        self.measure_single_append()
-        self.setup_project()
-        self.measure_connector()
+        for measure in (self.measure_fetch, self.measure_append, self.measure_single_append, self.setup_project,
+                        self.measure_connector):
+            os.sync()  # each step starts with no other step's dirty pages to write back (docstring, 3.)
+            measure()
         before = self.totals()
+        os.sync()
         self.migrator_run("c", "(c) migrator run --stage prestage", "prestage", before)
+        os.sync()
         self.migrator_run("d", "(d) migrator no-op delta", "delta")
+        os.sync()
         self.measure_dsync()
         self.add_new_mail()
         after = self.totals()
+        os.sync()
         self.migrator_run("e", "(e) migrator delta after +1 %", "delta", (after[0] - before[0], after[1] - before[1]))
         ok = self.verify()
         self.notes["commit_ms"] = round(self.commit_latency(), 2)
