@@ -138,3 +138,22 @@ def test_first_sigterm_stops_cleanly_second_stops_at_once_and_both_resume(slow_l
 
     lab.migrator("run", "plans/wave1.yaml", "--stage", "prestage")
     lab.assert_exact_copy()
+
+
+def test_a_stop_ends_a_long_pacing_wait(dovecot: None, lab_root: Path) -> None:
+    """At 0.05 messages/s every message waits 20 s for the target's pacer. A stop must end that wait, not
+    sit it out: the pacers sleep on the run's stop event."""
+    with running_lab(lab_root, SMALL, config_extra="[throttle.target]\nmessages_per_second = 0.05\n") as lab:
+        lab.prepare()
+        process = subprocess.Popen(lab.command("run", "plans/wave1.yaml", "--stage", "prestage"), cwd=lab.project,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(3)  # past start-up and preflight: the copier is waiting for the pacer
+        assert process.poll() is None, process.communicate()
+        stopped = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        _out, err = process.communicate(timeout=60)
+        assert time.monotonic() - stopped < 10, "the run sat out the pacer's wait"
+        assert process.returncode == 130, err
+        lab.assert_no_duplicates()
+        status = json.loads(lab.migrator("status", "--json", expect=None).stdout)
+        assert {job["state"] for job in status["jobs"]} <= {"pending", "done"}
