@@ -8,13 +8,20 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from migrator.config import FilterConfig
+from migrator.config import FilterConfig, ThrottleConfig
 from migrator.engine.diff import chunk_refs, plan_folder, settle
 from migrator.engine.mapping import FolderRoute, effective_role, is_excluded, route_folders
-from migrator.engine.worker import folder_groups
-from migrator.model import CopyTag, FolderInfo, MessageRef, Role
+from migrator.engine.worker import (
+    CHUNK_BYTES,
+    CHUNK_MESSAGES,
+    CHUNK_MESSAGES_ONE_BY_ONE,
+    batch_bounds,
+    folder_groups,
+)
+from migrator.model import Capabilities, CopyTag, FolderInfo, MessageRef, Role
 from migrator.store.ledger import DONE, FAILED, INTENT
 from migrator.store.records import LedgerEntry
+from migrator.throttle import Pacer
 
 # --- folder routing -----------------------------------------------------------------------------------------
 
@@ -291,3 +298,13 @@ def test_folders_that_share_a_target_folder_are_one_work_item_largest_first() ->
     assert [[route.source.path for route, _target in group] for group in groups] == [["B"], ["A", "C"], ["D"]]
     unsorted = folder_groups(jobs, largest_first=False)
     assert [[route.source.path for route, _target in group] for group in unsorted] == [["A", "C"], ["B"], ["D"]]
+
+
+def test_batches_are_large_where_one_command_carries_them_and_cut_to_the_pacers() -> None:
+    free = Pacer(ThrottleConfig())
+    assert batch_bounds(free, free, Capabilities(bulk_append=True)) == (CHUNK_MESSAGES, CHUNK_BYTES)
+    assert batch_bounds(free, free, Capabilities(bulk_append=False)) == (CHUNK_MESSAGES_ONE_BY_ONE, CHUNK_BYTES)
+    slow_source = Pacer(ThrottleConfig(bytes_per_second=1_000_000))
+    slow_target = Pacer(ThrottleConfig(messages_per_second=20))
+    assert batch_bounds(slow_source, slow_target, Capabilities(bulk_append=True)) == (20, 1_000_000)
+    assert batch_bounds(slow_target, free, Capabilities(bulk_append=False)) == (20, CHUNK_BYTES)
