@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 
 from migrator.store.db import create_store_engine, upgrade
 
-pytest_plugins = ["tests.imap_fixtures", "tests.graph_fixtures"]
+pytest_plugins = ["tests.imap_fixtures", "tests.graph_fixtures", "tests.imap_to_graph"]
 
 PG_ADMIN_URL = os.environ.get("MIGRATOR_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 

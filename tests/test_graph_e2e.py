@@ -40,74 +40,24 @@ from tests.graph_fixtures import (
     reset_counts,
     seed_graph,
 )
-from tests.imap_fixtures import Project
+from tests.imap_to_graph import (
+    SPEC,
+    USERS,
+    GraphProject,
+    assert_graph_holds_source,
+    imap_block,
+    to_graph_project,
+)
 from tests.mssim.graph import GraphSimulator, SimMessage
 
-USERS = [LabUser("alice", "alice-pw"), LabUser("bob", "bob-pw")]
 T = TypeVar("T")
 IMAP_FLAGS = Capabilities()
-SPEC = CorpusSpec(messages_per_mailbox=12, large_attachments=1, include_cpython_samples=True)
 UPDATE = "PATCH /users/{u}/messages/{m}"  # the simulator's request counter keys
 DELETE = "DELETE /users/{u}/messages/{m}"
 
 
-@dataclass
-class GraphProject(Project):
-    """A project whose endpoints are given as TOML blocks."""
-
-    def setup(self, source_block: str, target_block: str, rows: list[str], extra: str = "") -> None:
-        (self.project / "migrator.toml").write_text(
-            f'[state]\nurl = "sqlite:///migrator.db"\n\n{source_block}\n{target_block}\n{extra}\n', encoding="utf-8")
-        (self.project / "mailboxes.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-        self.migrator("init", ".")
-        self.migrator("discover", "--mailboxes", "mailboxes.csv")
-        self.migrator("plan", "create", "--name", "wave1", "--max-mailboxes", "1")
-
-    def run(self, stage: str = "prestage", *extra: str, expect: int = 0) -> str:
-        return self.migrator("run", "plans/wave1.yaml", "--stage", stage, "--workers", "2", *extra,
-                             expect=expect).stdout
-
-
 def non_empty(contents: dict[str, Counter[T]]) -> dict[str, Counter[T]]:
     return {path: messages for path, messages in contents.items() if messages}
-
-
-def imap_block(role: str, server: DovecotServer) -> str:
-    return f'[{role}]\nkind = "imap"\nhost = "127.0.0.1"\nport = {server.port}\nsecurity = "none"\n'
-
-
-@pytest.fixture
-def imap_source(dovecot: None, lab_root: Path) -> Iterator[DovecotServer]:
-    with DovecotServer(root=lab_root / "source", name="source", layout="source", users=USERS) as server:
-        for index, user in enumerate(USERS):
-            load_corpus(server.host, server.port, user, CorpusSpec(SPEC.messages_per_mailbox, SPEC.large_attachments,
-                                                                   SPEC.include_cpython_samples, SPEC.seed + index))
-        yield server
-
-
-def to_graph_project(lab_root: Path, source: DovecotServer, tenant: Tenant) -> GraphProject:
-    project = GraphProject(lab_root / "project", env={tenant.secret_env: tenant.secret})
-    project.project.mkdir()
-    for user in USERS:
-        tenant.graph.add_user(f"{user.name}@new.example")
-    project.setup(imap_block("source", source), tenant.config_block(),
-                  ["source,target,source_login,source_password"]
-                  + [f"{u.name}@old.example,{u.name}@new.example,{u.name},{u.password}" for u in USERS])
-    return project
-
-
-def assert_graph_holds_source(source: DovecotServer, tenant: Tenant, *, exact: bool = True) -> None:
-    """Every source message once in its mapped folder (content, flags as Exchange keeps them, received
-    time); with `exact`, nothing else; without, only that nothing is there twice."""
-    for user in USERS:
-        expected = imap_contents(source, user)
-        actual = graph_contents(tenant.graph, f"{user.name}@new.example")
-        for path, messages in expected.items():
-            have = actual.get(path, Counter())
-            if exact:
-                assert have == messages, f"{user.name} {path}: missing {messages - have}, extra {have - messages}"
-            else:
-                assert not have - messages, f"{user.name} {path}: duplicated or foreign {have - messages}"
 
 
 def test_imap_to_graph_copies_verifies_and_rolls_back(imap_source: DovecotServer, cloud: Cloud,

@@ -17,7 +17,7 @@ from migrator.lab.corpus import CorpusSpec
 from migrator.lab.dovecot import DovecotServer
 from tests.graph_fixtures import Cloud
 from tests.imap_fixtures import Lab, running_lab
-from tests.test_graph_e2e import assert_graph_holds_source, imap_source, to_graph_project  # noqa: F401 (fixture)
+from tests.imap_to_graph import assert_graph_holds_source, to_graph_project
 
 
 @pytest.fixture
@@ -117,7 +117,7 @@ def test_a_worker_process_killed_alone_loses_nothing(slow_lab: Lab) -> None:
 
 
 def test_worker_processes_copy_into_graph_each_with_its_own_connections(
-        imap_source: DovecotServer, cloud: Cloud, lab_root: Path) -> None:  # noqa: F811 (the imported fixture)
+        imap_source: DovecotServer, cloud: Cloud, lab_root: Path) -> None:
     """A forked worker must not share the parent's HTTP connection pool (two processes writing one socket):
     each makes its endpoints anew and gets its own token."""
     tenant = cloud.tenant("target")
