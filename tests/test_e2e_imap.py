@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 
 from migrator.lab.corpus import mailbox_snapshot
+from tests.faultproxy import FaultProxy
 from tests.imap_fixtures import Lab, store_dump
 
 
@@ -55,6 +56,37 @@ def test_delta_copies_new_mail_and_flag_changes(lab: Lab) -> None:
     status = json.loads(lab.migrator("status", "--json").stdout)
     assert {j["stage"] for j in status["jobs"]} == {"prestage", "delta", "final"}
     assert all(j["state"] == "done" for j in status["jobs"])
+
+
+def test_a_delta_pass_asks_each_server_one_list_and_only_changed_folders_more(lab: Lab) -> None:
+    """With LIST-STATUS (RFC 5819) every folder's STATUS comes with the LIST: an unchanged folder costs a
+    delta pass no command of its own, and the first APPEND's watermark is the STATUS the list read. Counted
+    on the wire (both servers behind proxies), per mailbox session."""
+    from imapclient import IMAPClient
+
+    with FaultProxy((lab.source.host, lab.source.port)) as source, \
+            FaultProxy((lab.target.host, lab.target.port)) as target:
+        lab.prepare()
+        lab.write_config(source_port=source.port, target_port=target.port)
+        lab.migrator("run", "plans/wave1.yaml", "--stage", "prestage")
+        user = lab.pairs[0][0]
+        with IMAPClient(lab.source.host, lab.source.port, ssl=False) as client:
+            client.login(user.name, user.password)
+            client.append("Projects", b"From: a@b.example\r\nSubject: late\r\n\r\nafter prestage\r\n")
+        for proxy in (source, target):
+            proxy.wait_idle()
+            proxy.reset_counters()
+        delta = lab.migrator("run", "plans/wave1.yaml", "--stage", "delta")
+        assert "copied 1 messages" in delta.stdout
+        for proxy in (source, target):
+            proxy.wait_idle()
+        sent = {side: proxy.stats().marks.commands for side, proxy in (("source", source), ("target", target))}
+    lab.assert_exact_copy()
+    sessions = len(lab.pairs)  # one session pair per mailbox (two workers, two mailboxes); the preflight lists nothing
+    assert len(sent["source"]["LIST"]) == len(sent["target"]["LIST"]) == sessions
+    assert "STATUS" not in sent["source"] and "STATUS" not in sent["target"]
+    # the one changed folder is opened and searched on the source, nothing else is
+    assert len(sent["source"]["EXAMINE"]) == 1 and len(sent["target"]["APPEND"]) == 1
 
 
 def test_verify_reports_a_message_deleted_from_the_target(lab: Lab) -> None:

@@ -424,13 +424,13 @@ def test_cursor_is_kept_per_folder_key_and_basis_and_dropped_by_rollback(store: 
         ledger.keep_cursor(conn, lease, mailbox_id, "INBOX", "11", "https://graph/delta?token=2", "b1")
         (entry_id,) = ledger.record_intents(conn, lease, mailbox_id, checkpoint_id, [pending("1")])
     with store.connect() as conn:
-        assert ledger.read_cursor(conn, mailbox_id, "INBOX", "11", "b1") == "https://graph/delta?token=2"
-        assert ledger.read_cursor(conn, mailbox_id, "INBOX", "12", "b1") is None, "folder recreated"
-        assert ledger.read_cursor(conn, mailbox_id, "INBOX", "11", "b2") is None, "other filters"
+        assert ledger.read_cursors(conn, mailbox_id, "b1") == {("INBOX", "11"): "https://graph/delta?token=2"}
+        assert ("INBOX", "12") not in ledger.read_cursors(conn, mailbox_id, "b1"), "folder recreated"
+        assert ledger.read_cursors(conn, mailbox_id, "b2") == {}, "other filters"
     with store.begin() as conn:
         ledger.forget(conn, lease, [entry_id])
     with store.connect() as conn:
-        assert ledger.read_cursor(conn, mailbox_id, "INBOX", "11", "b1") is None, "rolled back: list again"
+        assert ledger.read_cursors(conn, mailbox_id, "b1") == {}, "rolled back: list again"
 
 
 def test_claimed_target_ids(store: Engine) -> None:

@@ -22,7 +22,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import imapclient
 from imapclient import exceptions as imap_errors
-from imapclient.imapclient import _literal
+from imapclient.imap_utf7 import decode as decode_utf7
+from imapclient.imapclient import _literal, as_pairs
+from imapclient.response_parser import parse_response
+from imapclient.util import chunk
 
 from migrator.config import EndpointConfig
 from migrator.connectors import imap_fetch
@@ -221,6 +224,29 @@ def _xoauth2(user: str, token: str) -> Callable[[bytes], bytes]:
     return respond
 
 
+def _list_status(client: Any, items: Sequence[bytes], *, special_use: bool
+                 ) -> tuple[list[Any], dict[str, dict[bytes, Any]]]:
+    """LIST "" "*" RETURN (STATUS (items)) (LIST-STATUS, RFC 5819): the folders as imapclient's list_folders
+    gives them, and the STATUS of the selectable ones by name, in one command instead of one per folder. An
+    extended LIST names special-use folders only when asked to (RFC 6154): `special_use` asks."""
+    imap = client._imap
+    options = b"SPECIAL-USE " if special_use else b""
+    typ, data = imap._simple_command("LIST", client._normalise_folder(""), client._normalise_folder("*"),
+                                     b"RETURN (" + options + b"STATUS (" + b" ".join(items) + b"))")
+    client._checkok("list", typ, data)
+    listed = imap._untagged_response(typ, data, "LIST")[1]
+    replies = [reply for reply in imap.untagged_responses.pop("STATUS", []) if reply not in (b"", None)]
+    statuses = {_folder_name(name): dict(as_pairs(items))
+                for name, items in chunk(parse_response(replies) if replies else (), 2)}
+    return client._proc_folder_list(listed), statuses
+
+
+def _folder_name(name: Any) -> str:
+    """A folder name from a reply, decoded as imapclient decodes LIST's (modified UTF-7; a number-like name
+    parses as an int)."""
+    return str(name) if isinstance(name, int) else str(decode_utf7(name))
+
+
 def _close(client: Any) -> None:
     try:
         client.logout()
@@ -286,6 +312,7 @@ class ImapMailbox:
         self._selected: tuple[str, bool] | None = None
         self._selected_key = ""
         self._listed: dict[str, FolderInfo] = {}  # selectable folders of this session's last list_folders
+        self._listed_statuses: dict[str, dict[bytes, Any]] = {}  # their STATUS, until used (_listed_status)
         self.role = role
         with _translated(role, context):
             self._caps = frozenset(c.decode() for c in client.capabilities())
@@ -312,31 +339,56 @@ class ImapMailbox:
                                f"was {folder.key}; its message ids are no longer valid")
 
     def list_folders(self, *, sizes: bool = True) -> list[FolderInfo]:
-        """LIST, then per selectable folder STATUS (UIDVALIDITY, MESSAGES); with `sizes`, also every
-        message's RFC822.SIZE to sum the folder's bytes (discovery needs it, a copy pass does not)."""
+        """LIST, and the STATUS of every selectable folder (UIDVALIDITY, UIDNEXT, MESSAGES, and HIGHESTMODSEQ
+        where changes() reads it): inside the LIST command where the server offers LIST-STATUS (RFC 5819),
+        one STATUS command per folder otherwise. With `sizes`, also every message's RFC822.SIZE to sum the
+        folder's bytes (discovery needs it, a copy pass does not). The STATUS read here serves this
+        session's first changes() and watermark() of the folder (_listed_status)."""
+        items = (b"UIDVALIDITY", b"UIDNEXT", b"MESSAGES", *((b"HIGHESTMODSEQ",) if "QRESYNC" in self._caps else ()))
+        listing, statuses = self._list(items)
         folders = []
-        for name, separator, role, selectable in self._list():
+        for name, separator, role, selectable in listing:
             key, count, size = None, 0, 0
             if selectable:
-                status = self._status(name, b"MESSAGES")
+                status = statuses.get(name, {})
+                if not all(item in status for item in items):  # LIST-STATUS may leave a folder out (RFC 5819)
+                    status = statuses[name] = self._status(name, *items[2:])
                 key, count = str(status[b"UIDVALIDITY"]), int(status[b"MESSAGES"])
                 if sizes and count:
                     self._select(FolderInfo(name, separator, role, key), write=False)
                     size = sum(r.size for r in self._listing())
             folders.append(FolderInfo(name, separator, role, key, count, size, selectable))
         self._listed = {f.path: f for f in folders if f.selectable}
+        self._listed_statuses = {path: statuses[path] for path in self._listed}
         return folders
 
-    def _list(self) -> list[tuple[str, str | None, Role | None, bool]]:
+    def _listed_status(self, path: str, item: bytes) -> dict[bytes, Any]:
+        """The folder's STATUS as this session's list_folders read it, once; a new STATUS after that or when
+        the list did not hold `item`. What callers take from it is a lower bound, which is all they need:
+        a HIGHESTMODSEQ or UIDNEXT read earlier in the pass only makes the next pass or a search after an
+        APPEND look a little further back. A copy pass lists once and then asks this of every folder, so
+        an unchanged folder costs the delta pass no command of its own."""
+        status = self._listed_statuses.pop(path, None)
+        if status is not None and item in status:
+            return status
+        return self._status(path, *{item} - {b"UIDVALIDITY", b"UIDNEXT"})
+
+    def _list(self, status: Sequence[bytes] = ()
+              ) -> tuple[list[tuple[str, str | None, Role | None, bool]], dict[str, dict[bytes, Any]]]:
+        """The folders (name, separator, role, selectable); with `status` items and LIST-STATUS, the STATUS
+        of each selectable folder by name (possibly not of every one: callers ask for what is missing)."""
         with _translated(self.role, f"{self.context} LIST"):
-            listing = self.client.list_folders()
+            if status and "LIST-STATUS" in self._caps:
+                listing, statuses = _list_status(self.client, status, special_use="SPECIAL-USE" in self._caps)
+            else:
+                listing, statuses = self.client.list_folders(), {}
         result = []
         for flags, delimiter, name in listing:
             separator = delimiter.decode() if isinstance(delimiter, bytes) else delimiter
             role = Role.INBOX if name.upper() == "INBOX" else next(
                 (r for f, r in _ROLE_FLAGS.items() if f in flags), None)
             result.append((name, separator, role, not _UNSELECTABLE.intersection(flags)))
-        return result
+        return result, statuses
 
     def ensure_folder(self, path: str, role: Role | None) -> tuple[FolderInfo, bool]:
         """A folder this session's list_folders saw is taken as listed (its UIDVALIDITY from that STATUS):
@@ -345,7 +397,8 @@ class ImapMailbox:
         seen = self._listed.get(path)
         if seen is not None and seen.key is not None:
             return FolderInfo(path, seen.separator, seen.role, seen.key), False
-        listed = {name: (separator, found_role, selectable) for name, separator, found_role, selectable in self._list()}
+        listed = {name: (separator, found_role, selectable)
+                  for name, separator, found_role, selectable in self._list()[0]}
         separator = next((sep for sep, _r, _s in listed.values() if sep), None)
         if path in listed and listed[path][2]:
             return FolderInfo(path, listed[path][0], listed[path][1], str(self._status(path)[b"UIDVALIDITY"])), False
@@ -400,7 +453,7 @@ class ImapMailbox:
             yield RawMessage(by_uid[uid], data[uid])
 
     def watermark(self, folder: FolderInfo) -> str | None:
-        status = self._status(folder.path)
+        status = self._listed_status(folder.path, b"UIDNEXT")
         if folder.key is not None and str(status[b"UIDVALIDITY"]) != folder.key:
             raise FolderFailed(f"{self.context} folder {folder.path!r}: UIDVALIDITY changed to "
                                f"{status[b'UIDVALIDITY']} (was {folder.key})")
@@ -484,7 +537,7 @@ class ImapMailbox:
         elsewhere callers list the folder."""
         if "QRESYNC" not in self._caps:
             return None
-        status = self._status(folder.path, b"HIGHESTMODSEQ")
+        status = self._listed_status(folder.path, b"HIGHESTMODSEQ")
         key, modseq = str(status[b"UIDVALIDITY"]), int(status[b"HIGHESTMODSEQ"])
         if folder.key is not None and key != folder.key:
             raise FolderFailed(f"{self.context} folder {folder.path!r}: UIDVALIDITY changed to {key} "

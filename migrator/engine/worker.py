@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
 from migrator.accounting import Progress
@@ -135,16 +135,17 @@ def _copy_mailbox(ctx: RunContext, record: MailboxRecord, journal: Journal, src:
     source_paths = {f.path for f in source_folders}
     with reading(ctx.engine) as conn:
         known_targets = ledger.target_folders(conn, record.id)
-        states = ledger.folder_states(conn, record.id)
+        known = _Known.read(conn, record, ctx.config.filters)
         # adopt_renamed_folders reads the rows of folders the source no longer shows (rename candidates);
         # of the others it needs only to know that the ledger has them. Their rows are read per folder
         # below, and only where the pass needs them.
-        history: dict[str, Sequence[LedgerEntry]] = {
-            path: () if path in source_paths else ledger.folder_entries(conn, record.id, path) for path in states}
+        history: dict[str, Sequence[LedgerEntry]] = {path: () if path in source_paths else
+                                                     ledger.folder_entries(conn, record.id, path)
+                                                     for path in known.states}
     routes = adopt_renamed_folders(src, journal, source_paths, routes, history)
-    if not states.keys() <= source_paths:  # folders vanished: the rows of a renamed one now carry its new name
+    if not known.states.keys() <= source_paths:  # folders vanished: a renamed one's rows now carry its new name
         with reading(ctx.engine) as conn:
-            states = ledger.folder_states(conn, record.id)
+            known = _Known.read(conn, record, ctx.config.filters)
     existing = {f.path for f in target_folders}
     native = _native_format(journal, src, dst)
     problems: list[str] = []
@@ -165,8 +166,7 @@ def _copy_mailbox(ctx: RunContext, record: MailboxRecord, journal: Journal, src:
         for route, target in group:
             journal.check_stop()
             try:
-                _sync_folder(ctx, record, journal, pair[0], pair[1], route.source, target,
-                             states.get(route.source.path, {}), native)
+                _sync_folder(ctx, record, journal, pair[0], pair[1], route.source, target, known, native)
             except FolderFailed as exc:  # the group's other folders go on
                 folder_failed(exc)
 
@@ -231,14 +231,29 @@ def _entries(ctx: RunContext, record: MailboxRecord, folder: FolderInfo) -> list
         return ledger.folder_entries(conn, record.id, folder.path)
 
 
+@dataclass(frozen=True)
+class _Known:
+    """What the ledger held for a mailbox as its pass began, read in two queries rather than per folder:
+    per source folder with rows, how many it has in each (source key, state); and the change cursors kept
+    under the pass's filters (`basis`), by (folder, folder key). Only this pass writes either."""
+
+    states: Mapping[str, Mapping[tuple[str, str], int]]
+    cursors: Mapping[tuple[str, str], str]
+    basis: str
+
+    @staticmethod
+    def read(conn: Connection, record: MailboxRecord, filters: FilterConfig) -> _Known:
+        basis = _listing_basis(filters)
+        return _Known(ledger.folder_states(conn, record.id), ledger.read_cursors(conn, record.id, basis), basis)
+
+
 def _sync_folder(ctx: RunContext, record: MailboxRecord, journal: Journal, src: Mailbox, dst: Mailbox,
-                 folder: FolderInfo, target: FolderInfo, states: Mapping[tuple[str, str], int],
-                 native: str | None) -> None:
-    """`states` counts the folder's ledger rows per (source key, state) as the pass began; `native` is the
-    format both ends share, if any (messages the source cannot export so still come as MIME). A folder with
-    no open intent and no row of another UIDVALIDITY needs no row to settle or check; if the source then
-    says nothing changed since the cursor the last pass kept, the ledger already holds everything that
-    pass acted on and none of its rows is read."""
+                 folder: FolderInfo, target: FolderInfo, known: _Known, native: str | None) -> None:
+    """`native` is the format both ends share, if any (messages the source cannot export so still come as
+    MIME). A folder with no open intent and no row of another UIDVALIDITY needs no row to settle or check;
+    if the source then says nothing changed since the cursor the last pass kept, the ledger already holds
+    everything that pass acted on and none of its rows is read."""
+    states = known.states.get(folder.path, {})
     entries: list[LedgerEntry] | None = None
     if any(state == ledger.INTENT or (key != folder.key and state != ledger.REMOVED) for key, state in states):
         entries = _entries(ctx, record, folder)
@@ -248,9 +263,8 @@ def _sync_folder(ctx: RunContext, record: MailboxRecord, journal: Journal, src: 
             entries = _entries(ctx, record, folder)
         if check_source_key(src, journal, folder, entries, folder.path in ctx.options.rematch_folders):
             entries = _entries(ctx, record, folder)
-    key, basis = folder.key or "", _listing_basis(ctx.config.filters)
-    with reading(ctx.engine) as conn:
-        kept = ledger.read_cursor(conn, record.id, folder.path, key, basis)
+    key, basis = folder.key or "", known.basis
+    kept = known.cursors.get((folder.path, key))
     changes = src.changes(folder, kept)
     if entries is None and changes is not None and _unchanged(changes):
         ctx.progress.add(still_failed=states.get((key, ledger.FAILED), 0))

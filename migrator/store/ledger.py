@@ -244,12 +244,12 @@ def remember_target_folder(conn: Connection, lease: Lease, mailbox_id: int, reco
                                                   checkpoint_id=record.checkpoint_id, **values))
 
 
-def read_cursor(conn: Connection, mailbox_id: int, folder: str, folder_key: str, basis: str) -> str | None:
-    """The folder's change cursor, if one was kept for this folder key and this basis (the filters)."""
-    row = conn.execute(select(source_cursor.c.cursor).where(
-        source_cursor.c.mailbox_id == mailbox_id, source_cursor.c.folder == folder,
-        source_cursor.c.folder_key == folder_key, source_cursor.c.basis == basis)).first()
-    return str(row[0]) if row else None
+def read_cursors(conn: Connection, mailbox_id: int, basis: str) -> dict[tuple[str, str], str]:
+    """The mailbox's change cursors kept under this basis (the filters), by (folder, folder key): one query
+    for a pass, which asks about every folder and, in a delta, often about nothing else."""
+    rows = conn.execute(select(source_cursor.c.folder, source_cursor.c.folder_key, source_cursor.c.cursor).where(
+        source_cursor.c.mailbox_id == mailbox_id, source_cursor.c.basis == basis))
+    return {(folder, folder_key): cursor for folder, folder_key, cursor in rows}
 
 
 def keep_cursor(conn: Connection, lease: Lease, mailbox_id: int, folder: str, folder_key: str, cursor: str,
