@@ -67,6 +67,7 @@ class Journal:
         self._throttled = 0.0  # seconds waited for throttling, not yet in the checkpoint row
         self._pending_lock = threading.Lock()
         self._cursors: dict[str, tuple[str, str, str]] = {}  # folder -> (key, cursor, basis), not yet written
+        self._folders: dict[str, TargetFolderRecord] = {}  # target folders' keys, not yet written
 
     def throttled(self, seconds: float) -> None:
         """Seconds this pass waited for a server's throttling (any thread): kept with the next done rows."""
@@ -81,7 +82,7 @@ class Journal:
 
     def _commit(self, action: Callable[[Connection], T]) -> T:
         with translate_db_errors(), self.engine.begin() as conn:
-            self.write_cursors(conn)
+            self.write_pending(conn)
             result = action(conn)
         self.crash.step()
         return result
@@ -156,12 +157,22 @@ class Journal:
         with self._pending_lock:
             self._cursors[folder] = (folder_key, cursor, basis)
 
-    def write_cursors(self, conn: Connection) -> None:
-        """The kept cursors not yet written, in the caller's transaction."""
+    def target_folder_seen(self, record: TargetFolderRecord) -> None:
+        """A target folder's UIDVALIDITY as the pass found it or made it, written with the next commit as
+        cursors are: the intents of any APPEND into the folder come with or after it, and one lost to a
+        crash is learnt again by the next pass (a row without UIDVALIDITY accepts the folder's)."""
         with self._pending_lock:
-            pending, self._cursors = self._cursors, {}
-        for folder, (folder_key, cursor, basis) in pending.items():
+            self._folders[record.path] = record
+
+    def write_pending(self, conn: Connection) -> None:
+        """The kept cursors and target folders not yet written, in the caller's transaction."""
+        with self._pending_lock:
+            cursors, self._cursors = self._cursors, {}
+            folders, self._folders = self._folders, {}
+        for folder, (folder_key, cursor, basis) in cursors.items():
             ledger.keep_cursor(conn, self.lease, self.mailbox_id, folder, folder_key, cursor, basis)
+        for record in folders.values():
+            ledger.remember_target_folder(conn, self.lease, self.mailbox_id, record)
 
     def forget(self, ledger_ids: Sequence[int]) -> None:
         self._commit(lambda c: ledger.forget(c, self.lease, ledger_ids))
@@ -169,8 +180,13 @@ class Journal:
     def forget_target_folder(self, path: str) -> None:
         self._commit(lambda c: ledger.forget_target_folder(c, self.lease, self.mailbox_id, path))
 
-    def target_folder(self, record: TargetFolderRecord) -> None:
-        self._commit(lambda c: ledger.remember_target_folder(c, self.lease, self.mailbox_id, record))
+    def target_folders(self, records: Sequence[TargetFolderRecord]) -> None:
+        """Target folders about to be created, as ours, in one transaction before the first CREATE (intent
+        before effect): a mailbox's new folders cost one commit, not one each."""
+        def write(conn: Connection) -> None:
+            for record in records:
+                ledger.remember_target_folder(conn, self.lease, self.mailbox_id, record)
+        self._commit(write)
 
     def event(self, kind: str, message: str) -> None:
         self._commit(lambda c: work.log_event(c, kind, message, self.mailbox_id, self.lease.job_id))

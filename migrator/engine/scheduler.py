@@ -153,7 +153,7 @@ def _run_job(ctx: RunContext, job: JobRecord, lease: Lease, record: MailboxRecor
         problems = [f"{record.source}: {p}" for p in mailbox_pass(ctx, record, journal)]
     except Interrupted:
         with translate_db_errors(), ctx.engine.begin() as conn:
-            journal.write_cursors(conn)
+            journal.write_pending(conn)
             work.close_checkpoint(conn, checkpoint_id, "interrupted", journal.take_throttled())
             work.release_job(conn, lease)
         return
@@ -169,7 +169,7 @@ def _run_job(ctx: RunContext, job: JobRecord, lease: Lease, record: MailboxRecor
     if problems and state == work.JOB_DONE:
         state, kind, error = work.JOB_FAILED, "folders", "; ".join(problems)
     with translate_db_errors(), ctx.engine.begin() as conn:
-        journal.write_cursors(conn)
+        journal.write_pending(conn)
         work.close_checkpoint(conn, checkpoint_id, state, journal.take_throttled())
         work.finish_job(conn, lease, state, kind, error)
         if error:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -154,11 +154,18 @@ def _copy_mailbox(ctx: RunContext, record: MailboxRecord, journal: Journal, src:
         journal.event("folder-failed", str(exc))
         problems.append(str(exc))
 
+    # That we create a folder is recorded before its CREATE (intent before effect: a lost reply or a crash
+    # must not make our folder look like the customer's), for all of the mailbox's new folders at once.
+    planned = {path: TargetFolderRecord(path, None, True, journal.checkpoint_id)
+               for path in dict.fromkeys(route.target_path for route in routes)
+               if path not in known_targets and path not in existing}
+    if planned:
+        journal.target_folders(list(planned.values()))
     jobs: list[tuple[FolderRoute, FolderInfo]] = []
     for route in routes:
         journal.check_stop()
         try:
-            jobs.append((route, _target_folder(dst, route, known_targets, existing, journal)))
+            jobs.append((route, _target_folder(dst, route, {**known_targets, **planned}, journal)))
         except FolderFailed as exc:
             folder_failed(exc)
 
@@ -209,20 +216,17 @@ def _native_format(journal: Journal, src: Mailbox, dst: Mailbox) -> str | None:
 
 
 def _target_folder(dst: Mailbox, route: FolderRoute, known: Mapping[str, TargetFolderRecord],
-                   existing: Collection[str], journal: Journal) -> FolderInfo:
-    """The target folder of a route, created if missing. That we create it is recorded before the CREATE
-    (intent before effect): a lost reply or a crash must not make our folder look like the customer's."""
+                   journal: Journal) -> FolderInfo:
+    """The target folder of a route, created if missing (`known` already says so for a folder about to be
+    created), its UIDVALIDITY checked against the one the ledger knows and kept."""
     record = known.get(route.target_path)
-    if record is None and route.target_path not in existing:
-        record = TargetFolderRecord(route.target_path, None, True, journal.checkpoint_id)
-        journal.target_folder(record)
     folder, created = dst.ensure_folder(route.target_path, route.role)
     if record is not None and record.uidvalidity not in (None, folder.key):
         raise FolderFailed(f"safety stop: target folder {folder.path!r} was recreated (UIDVALIDITY {folder.key}, "
                            f"was {record.uidvalidity}); the ledger's target ids there are void: nothing copied into it")
     if record is None or record.uidvalidity != folder.key:
         ours = created or bool(record and record.created_by_us)
-        journal.target_folder(TargetFolderRecord(folder.path, folder.key, ours, journal.checkpoint_id))
+        journal.target_folder_seen(TargetFolderRecord(folder.path, folder.key, ours, journal.checkpoint_id))
     return folder
 
 
