@@ -161,11 +161,12 @@ def _copy_mailbox(ctx: RunContext, record: MailboxRecord, journal: Journal, src:
                if path not in known_targets and path not in existing}
     if planned:
         journal.target_folders(list(planned.values()))
+    known_targets = {**known_targets, **planned}
     jobs: list[tuple[FolderRoute, FolderInfo]] = []
     for route in routes:
         journal.check_stop()
         try:
-            jobs.append((route, _target_folder(dst, route, {**known_targets, **planned}, journal)))
+            jobs.append((route, _target_folder(dst, route, known_targets, journal)))
         except FolderFailed as exc:
             folder_failed(exc)
 
