@@ -178,13 +178,25 @@ def _copy_mailbox(ctx: RunContext, record: MailboxRecord, journal: Journal, src:
             except FolderFailed as exc:  # the group's other folders go on
                 folder_failed(exc)
 
-    pairs = ctx.options.folder_sessions
+    # Extra session pairs are opened only where two folders or more may have mail to copy: a delta pass
+    # that finds (next to) nothing must not log in to both servers again and again, taking connections
+    # from the user's own mail clients under the same per-user limit.
+    pairs = ctx.options.folder_sessions if sum(_may_have_new_mail(r, known) for r, _t in jobs) > 1 else 1
     source_login, target_login = logins_for(ctx.credentials, record)
     open_pair = opener(lambda: open_mailbox(ctx.source, source_login, write=False),
                        lambda: open_mailbox(ctx.target, target_login, write=True))
     run_folders(folder_groups(jobs, largest_first=pairs > 1), pairs, (src, dst), open_pair, sync, folder_failed,
                 lambda pair: _count_server_waits(ctx, journal, *pair))
     return problems
+
+
+def _may_have_new_mail(route: FolderRoute, known: _Known) -> bool:
+    """The source counts more messages in the folder than the ledger holds copied or refused under its
+    UIDVALIDITY. A guess (a deletion and an arrival cancel out) that decides only how many session pairs
+    the pass opens, never what it copies."""
+    folder, key = route.source, route.source.key or ""
+    states = known.states.get(folder.path, {})
+    return folder.messages > states.get((key, ledger.DONE), 0) + states.get((key, ledger.FAILED), 0)
 
 
 def folder_groups(jobs: Sequence[tuple[FolderRoute, FolderInfo]], *,
