@@ -64,6 +64,7 @@ T = TypeVar("T")
 _APPENDUID = re.compile(rb"\[APPENDUID (\d+) ([0-9:,]+)\]")
 _BACKOFF = re.compile(rb"Suggested Backoff Time: (\d+) milliseconds", re.IGNORECASE)
 FETCH_CHUNK = 200
+_STATUS_ALWAYS = (b"UIDVALIDITY", b"UIDNEXT")  # what every STATUS of ours asks (ImapMailbox._status)
 LISTING_SLICE = 2000
 
 
@@ -344,7 +345,7 @@ class ImapMailbox:
         one STATUS command per folder otherwise. With `sizes`, also every message's RFC822.SIZE to sum the
         folder's bytes (discovery needs it, a copy pass does not). The STATUS read here serves this
         session's first changes() and watermark() of the folder (_listed_status)."""
-        items = (b"UIDVALIDITY", b"UIDNEXT", b"MESSAGES", *((b"HIGHESTMODSEQ",) if "QRESYNC" in self._caps else ()))
+        items = (*_STATUS_ALWAYS, b"MESSAGES", *((b"HIGHESTMODSEQ",) if "QRESYNC" in self._caps else ()))
         listing, statuses = self._list(items)
         folders = []
         for name, separator, role, selectable in listing:
@@ -352,7 +353,7 @@ class ImapMailbox:
             if selectable:
                 status = statuses.get(name, {})
                 if not all(item in status for item in items):  # LIST-STATUS may leave a folder out (RFC 5819)
-                    status = statuses[name] = self._status(name, *items[2:])
+                    status = statuses[name] = self._status(name, *items)
                 key, count = str(status[b"UIDVALIDITY"]), int(status[b"MESSAGES"])
                 if sizes and count:
                     self._select(FolderInfo(name, separator, role, key), write=False)
@@ -371,7 +372,7 @@ class ImapMailbox:
         status = self._listed_statuses.pop(path, None)
         if status is not None and item in status:
             return status
-        return self._status(path, *{item} - {b"UIDVALIDITY", b"UIDNEXT"})
+        return self._status(path, item)
 
     def _list(self, status: Sequence[bytes] = ()
               ) -> tuple[list[tuple[str, str | None, Role | None, bool]], dict[str, dict[bytes, Any]]]:
@@ -409,8 +410,10 @@ class ImapMailbox:
         return created, True
 
     def _status(self, path: str, *extra: bytes) -> dict[bytes, Any]:
+        """STATUS of UIDVALIDITY and UIDNEXT, and of the `extra` items (each asked once)."""
+        items = list(dict.fromkeys((*_STATUS_ALWAYS, *extra)))
         with _translated(self.role, f"{self.context} STATUS {path!r}"):
-            result: dict[bytes, Any] = self.client.folder_status(path, [b"UIDVALIDITY", b"UIDNEXT", *extra])
+            result: dict[bytes, Any] = self.client.folder_status(path, items)
         return result
 
     def _listing(self, floor: int = 1) -> list[MessageRef]:
