@@ -144,16 +144,15 @@ class CopyTag:
 
 @dataclass(frozen=True)
 class FolderChanges:
-    """What changed in a folder since a cursor (Graph delta, IMAP CONDSTORE): messages new or changed, ids
-    gone (`removed`, or every id not in `remaining` where the endpoint says what is left rather than what
-    went), and the cursor to keep once this pass has acted on them. `complete` when `changed` is the whole
-    folder (no cursor yet, or the server no longer knew it)."""
+    """What changed in a folder since a cursor (Graph delta, IMAP QRESYNC): messages new or changed, ids
+    gone (`removed`, possibly with ids the ledger never held), and the cursor to keep once this pass has
+    acted on them. `complete` when `changed` is the whole folder (no cursor yet, or the server no longer
+    knew it)."""
 
     changed: list[MessageRef]
     removed: list[str]
     cursor: str
     complete: bool
-    remaining: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,10 @@ from migrator.connectors.base import Endpoint, open_mailbox
 from migrator.engine.verify import FILLED_IN_BY_TARGET
 from migrator.errors import AuthFailed, StateError, Unreachable
 from migrator.fingerprint import fingerprint_fields
-from migrator.model import CopyTag, Login, MessageRef, RawMessage, Role
+from migrator.model import CopyTag, FolderChanges, Login, MessageRef, RawMessage, Role
 
 __all__ = ["Contract", "test_append_keeps_content_flags_and_date_and_ids_match_capabilities",
+           "test_changes_since_a_cursor_are_what_was_added_flagged_or_deleted",
            "test_ensure_folder_creates_once_and_keeps_non_ascii_names", "test_find_tagged_finds_our_copies_only",
            "test_lists_folders_with_roles_and_keys", "test_read_only_session_refuses_every_write",
            "test_set_flags_and_delete", "test_wrong_credentials_and_unreachable_endpoint_are_typed"]
@@ -117,6 +118,43 @@ def test_set_flags_and_delete(contract: Contract) -> None:
         mailbox.delete(folder, [second.id])
         (remaining,) = mailbox.list_messages(folder)
     assert remaining.id == first.id and remaining.flags == {"\\Answered", "Later"}
+
+
+def test_changes_since_a_cursor_are_what_was_added_flagged_or_deleted(contract: Contract) -> None:
+    """A connector that keeps change cursors (Capabilities.change_cursor) says, on a session that reads,
+    what was added, re-flagged or deleted since a cursor, and nothing about the messages left alone; one
+    that does not answers None (the pass lists the folder)."""
+    words = (b"kept", b"flagged", b"deleted")
+    with open_mailbox(contract.endpoint, contract.login, write=True) as mailbox:
+        folder, _ = mailbox.ensure_folder("Changes", None)
+        mailbox.append(folder, [message(BODY.replace(b"hello", word)) for word in words])
+        tracked = mailbox.capabilities().change_cursor is not None
+
+    def changes(cursor: str | None) -> FolderChanges | None:
+        with open_mailbox(contract.endpoint, contract.login, write=False) as reader:
+            listed = next(f for f in reader.list_folders(sizes=False) if f.path == "Changes")
+            return reader.changes(listed, cursor)
+
+    first = changes(None)
+    if not tracked:
+        assert first is None
+        return
+    assert first is not None and first.complete and len(first.changed) == 3
+    with open_mailbox(contract.endpoint, contract.login, write=True) as mailbox:
+        folder, _ = mailbox.ensure_folder("Changes", None)
+        by_word = {word: m.ref.id for m in mailbox.fetch(folder, mailbox.list_messages(folder))
+                   for word in words if word in m.body}
+        kept, flagged, deleted = (by_word[word] for word in words)
+        mailbox.set_flags(folder, {flagged: frozenset({"\\Flagged"})})
+        mailbox.delete(folder, [deleted])
+        mailbox.append(folder, [message(BODY.replace(b"hello", b"arrived later"))])
+    second = changes(first.cursor)
+    assert second is not None and not second.complete
+    changed = {ref.id: ref for ref in second.changed}
+    assert flagged in changed and changed[flagged].flags == {"\\Flagged"} and kept not in changed
+    assert len(changed) == 2 and deleted in second.removed and kept not in second.removed
+    third = changes(second.cursor)
+    assert third is not None and not third.complete and not third.changed and not third.removed
 
 
 def test_read_only_session_refuses_every_write(contract: Contract) -> None:

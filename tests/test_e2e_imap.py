@@ -60,8 +60,9 @@ def test_delta_copies_new_mail_and_flag_changes(lab: Lab) -> None:
 
 def test_a_delta_pass_asks_each_server_one_list_and_only_changed_folders_more(lab: Lab) -> None:
     """With LIST-STATUS (RFC 5819) every folder's STATUS comes with the LIST: an unchanged folder costs a
-    delta pass no command of its own, and the first APPEND's watermark is the STATUS the list read; a pass
-    with one folder to copy opens one session pair per mailbox. Counted on the wire (both servers behind
+    delta pass no command of its own, and the first APPEND's watermark is the STATUS the list read; a changed
+    folder costs one command to learn what changed (QRESYNC); a pass with one folder to copy opens one
+    session pair per mailbox. Counted on the wire (both servers behind
     proxies)."""
     from imapclient import IMAPClient
 
@@ -89,8 +90,12 @@ def test_a_delta_pass_asks_each_server_one_list_and_only_changed_folders_more(la
     assert len(sent["source"]["LOGIN"]) == len(sent["target"]["LOGIN"]) == sessions
     assert len(sent["source"]["LIST"]) == len(sent["target"]["LIST"]) == sessions
     assert "STATUS" not in sent["source"] and "STATUS" not in sent["target"]
-    # the one changed folder is opened and searched on the source, nothing else is
-    assert len(sent["source"]["EXAMINE"]) == 1 and len(sent["target"]["APPEND"]) == 1
+    # Sessions that read the source enable QRESYNC (RFC 7162); the target's do not. The one changed folder
+    # is opened on the source and asked what changed since the cursor in one command (UID FETCH CHANGEDSINCE
+    # VANISHED, no SEARCH), then its new message read; nothing else is.
+    assert len(sent["source"]["ENABLE"]) == sessions and "ENABLE" not in sent["target"]
+    assert len(sent["source"]["EXAMINE"]) == 1 and "SEARCH" not in sent["source"]
+    assert len(sent["source"]["UID FETCH"]) == 2 and len(sent["target"]["APPEND"]) == 1
 
 
 def test_verify_reports_a_message_deleted_from_the_target(lab: Lab) -> None:

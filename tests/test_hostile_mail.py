@@ -253,3 +253,10 @@ def test_too_large_message_is_a_failed_item_and_not_retried(hostile_lab: tuple[L
         assert conn.execute("SELECT count(*) FROM ledger WHERE state = 'intent'").fetchone() == (0,)
     assert [job["failed_items"] for job in status_jobs(lab)] == [1, 0]
     assert assert_copied_or_failed(lab, second) == reasons
+    # new mail in the folder: the pass reads only what changed there, and still counts the refused message
+    source = lab.pairs[0][0]
+    with IMAPClient(lab.source.host, lab.source.port, ssl=False) as client:
+        client.login(source.name, source.password)
+        client.append(HOSTILE, b"From: a@b.example\r\nSubject: late\r\n\r\nafter the refusal\r\n")
+    third = lab.migrator("run", "plans/wave1.yaml", "--stage", "prestage", expect=None)
+    assert "copied 1 messages" in third.stdout and "0 items failed, 1 failed in earlier passes" in third.stdout

@@ -76,6 +76,11 @@ def test_a_literal_of_the_wrong_length_is_not_trusted() -> None:
         imap_fetch.parse_bodies([(b"1 (UID 7 BODY[] {9}", b"abc"), b")"])
 
 
+def test_uid_ranges_read_in_either_order() -> None:
+    assert list(imap_fetch.uid_range(b"1:3,7,12:10")) == [1, 2, 3, 7, 10, 11, 12]
+    assert list(imap_fetch.uid_range(b"5")) == [5]
+
+
 def test_uid_sets_are_compact() -> None:
     assert imap_fetch.uid_set([1, 2, 3, 5, 7, 8, 10]) == b"1:3,5,7:8,10"
     assert imap_fetch.uid_set([4]) == b"4"

@@ -206,7 +206,10 @@ class ImapEndpoint:
         client = self.connect()
         try:
             self.login(client, login)
-            yield ImapMailbox(client, f"{self.config.describe()} {login.address}", self.config.role)
+            mailbox = ImapMailbox(client, f"{self.config.describe()} {login.address}", self.config.role)
+            if not write:
+                mailbox.track_changes()
+            yield mailbox
         finally:
             _close(client)
 
@@ -315,8 +318,19 @@ class ImapMailbox:
         self._listed: dict[str, FolderInfo] = {}  # selectable folders of this session's last list_folders
         self._listed_statuses: dict[str, dict[bytes, Any]] = {}  # their STATUS, until used (_listed_status)
         self.role = role
+        self._qresync = False  # track_changes()
         with _translated(role, context):
             self._caps = frozenset(c.decode() for c in client.capabilities())
+
+    def track_changes(self) -> None:
+        """ENABLE QRESYNC (RFC 7162) where the server offers it, so that changes() can ask what changed since
+        a cursor, expunges included, in one command. Before any folder is opened: RFC 5161 allows ENABLE only
+        then. Sessions that read the source call this; a target's sessions never ask for changes, and keep
+        the plain EXPUNGE replies their deletions get."""
+        if "QRESYNC" in self._caps:
+            with _translated(self.role, f"{self.context} ENABLE QRESYNC"):
+                self._qresync = "QRESYNC" in {c.decode() if isinstance(c, bytes) else c
+                                              for c in self.client.enable("QRESYNC")}
 
     def capabilities(self) -> Capabilities:
         limit = next((int(c.split("=")[1]) for c in self._caps if c.startswith("APPENDLIMIT=")), None)
@@ -534,11 +548,12 @@ class ImapMailbox:
         return int(storage[0].usage) * 1024, int(storage[0].limit) * 1024
 
     def changes(self, folder: FolderInfo, cursor: str | None) -> FolderChanges | None:
-        """CONDSTORE (RFC 7162): the cursor is "UIDVALIDITY:HIGHESTMODSEQ". An unchanged folder costs one
-        STATUS; otherwise UID SEARCH MODSEQ names the messages changed or added since, and UID SEARCH ALL
-        what is left (expunges). Only with QRESYNC, whose servers must raise HIGHESTMODSEQ on expunge too;
-        elsewhere callers list the folder."""
-        if "QRESYNC" not in self._caps:
+        """QRESYNC (RFC 7162), on a session that enabled it (track_changes); None elsewhere, and callers list
+        the folder. The cursor is "UIDVALIDITY:HIGHESTMODSEQ". An unchanged folder costs no command of its
+        own (its HIGHESTMODSEQ came with the LIST); otherwise one UID FETCH ... (CHANGEDSINCE m VANISHED)
+        lists the messages changed or added since and names the expunged ones: the pass reads what changed,
+        not the folder, on either side."""
+        if not self._qresync:
             return None
         status = self._listed_status(folder.path, b"HIGHESTMODSEQ")
         key, modseq = str(status[b"UIDVALIDITY"]), int(status[b"HIGHESTMODSEQ"])
@@ -552,10 +567,25 @@ class ImapMailbox:
         if int(old_modseq) == modseq:
             return FolderChanges([], [], now, complete=False)
         self._select(folder, write=False)
-        with _translated(self.role, f"{self.context} SEARCH MODSEQ"):
-            changed = sorted(self.client.search(["MODSEQ", str(int(old_modseq) + 1)]))
-            remaining = frozenset(str(uid) for uid in self.client.search(["ALL"]))
-        return FolderChanges(self._refs(changed), [], now, complete=False, remaining=remaining)
+        changed, vanished = self._changed_since(int(old_modseq))
+        # VANISHED (EARLIER) may name UIDs that never held a message (a server that no longer knows every
+        # expunge since the cursor names whole ranges), never one that still does; none at or past UIDNEXT.
+        removed = [str(uid) for uid in vanished if uid < int(status[b"UIDNEXT"])]
+        return FolderChanges(changed, removed, now, complete=False)
+
+    def _changed_since(self, modseq: int) -> tuple[list[MessageRef], list[int]]:
+        """The selected folder's messages changed or added after `modseq`, and the UIDs expunged since
+        (RFC 7162 3.1.4, 3.2.6). Unsolicited FETCH replies of changes newer than the cursor's STATUS may come
+        with them: a reply without a listing's every item is left out, the next pass sees that change again."""
+        imap = self.client._imap
+        imap.untagged_responses.pop("VANISHED", None)
+        with _translated(self.role, f"{self.context} FETCH CHANGEDSINCE"):
+            data = imap_fetch.uid_fetch(imap, b"1:*", _LISTING + b" (CHANGEDSINCE %d VANISHED)" % modseq)
+            listing = imap_fetch.parse_listing(data)
+        vanished = [uid for reply in imap.untagged_responses.pop("VANISHED", [])
+                    for uid in imap_fetch.uid_range(reply.removeprefix(b"(EARLIER) "))]
+        return [MessageRef(str(uid), size, _flags(flags), date)
+                for uid, (size, flags, date) in sorted(listing.items())], vanished
 
     def throttled_seconds(self) -> float:
         return 0.0  # IMAP throttling ([THROTTLED], connection limits) surfaces as Throttled to the caller
@@ -577,8 +607,5 @@ def _appended_uids(text: bytes, folder: FolderInfo, count: int) -> list[str | No
     match = _APPENDUID.search(text)
     if not match or (folder.key is not None and match.group(1).decode() != folder.key):
         return [None] * count
-    uids: list[str | None] = []
-    for part in match.group(2).decode().split(","):
-        low, _, high = part.partition(":")
-        uids += [str(u) for u in range(int(low), int(high or low) + 1)]
+    uids: list[str | None] = [str(uid) for uid in imap_fetch.uid_range(match.group(2))]
     return uids if len(uids) == count else [None] * count

@@ -13,7 +13,7 @@ not fully understand.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Any
@@ -218,3 +218,11 @@ def uid_set(uids: Sequence[int]) -> bytes:
     if start is not None:
         parts.append(f"{start}:{previous}" if previous != start else str(start))
     return ",".join(parts).encode()
+
+
+def uid_range(text: bytes) -> Iterator[int]:
+    """The UIDs of a sequence set such as VANISHED names them ("1:5,8,12:10"; RFC 3501 allows either order)."""
+    for part in text.split(b","):
+        low, _, high = part.strip().partition(b":")
+        first, last = sorted((int(low), int(high or low)))
+        yield from range(first, last + 1)

@@ -41,6 +41,9 @@ CHUNK_MESSAGES = 1000
 CHUNK_MESSAGES_ONE_BY_ONE = 200
 CHUNK_BYTES = 8 * 2**20
 MAX_ATTEMPTS = 5
+# New messages a mailbox must have (by the guess of _new_mail_guess) for its pass to open more session
+# pairs than one: below that, one pair copies them in about the time two more logins take.
+PARALLEL_FOLDERS_FROM = 200
 
 
 @dataclass(frozen=True)
@@ -178,10 +181,13 @@ def _copy_mailbox(ctx: RunContext, record: MailboxRecord, journal: Journal, src:
             except FolderFailed as exc:  # the group's other folders go on
                 folder_failed(exc)
 
-    # Extra session pairs are opened only where two folders or more may have mail to copy: a delta pass
-    # that finds (next to) nothing must not log in to both servers again and again, taking connections
-    # from the user's own mail clients under the same per-user limit.
-    pairs = ctx.options.folder_sessions if sum(_may_have_new_mail(r, known) for r, _t in jobs) > 1 else 1
+    # Extra session pairs are opened only where two folders or more may have mail to copy, and more of it
+    # than one pair copies in the time the others take to log in: a delta pass that finds little must not
+    # log in to both servers again and again, taking connections from the user's own mail clients under
+    # the same per-user limit.
+    guesses = [_new_mail_guess(route, known) for route, _target in jobs]
+    parallel = sum(1 for guess in guesses if guess) > 1 and sum(guesses) >= PARALLEL_FOLDERS_FROM
+    pairs = ctx.options.folder_sessions if parallel else 1
     source_login, target_login = logins_for(ctx.credentials, record)
     open_pair = opener(lambda: open_mailbox(ctx.source, source_login, write=False),
                        lambda: open_mailbox(ctx.target, target_login, write=True))
@@ -190,13 +196,13 @@ def _copy_mailbox(ctx: RunContext, record: MailboxRecord, journal: Journal, src:
     return problems
 
 
-def _may_have_new_mail(route: FolderRoute, known: _Known) -> bool:
-    """The source counts more messages in the folder than the ledger holds copied or refused under its
-    UIDVALIDITY. A guess (a deletion and an arrival cancel out) that decides only how many session pairs
+def _new_mail_guess(route: FolderRoute, known: _Known) -> int:
+    """How many more messages the source counts in the folder than the ledger holds copied or refused under
+    its UIDVALIDITY. A guess (a deletion and an arrival cancel out) that decides only how many session pairs
     the pass opens, never what it copies."""
     folder, key = route.source, route.source.key or ""
     states = known.states.get(folder.path, {})
-    return folder.messages > states.get((key, ledger.DONE), 0) + states.get((key, ledger.FAILED), 0)
+    return max(0, folder.messages - states.get((key, ledger.DONE), 0) - states.get((key, ledger.FAILED), 0))
 
 
 def folder_groups(jobs: Sequence[tuple[FolderRoute, FolderInfo]], *,
@@ -288,9 +294,10 @@ def _sync_folder(ctx: RunContext, record: MailboxRecord, journal: Journal, src: 
         if changes.cursor != kept:  # an endpoint whose cursor moves on even when nothing changed (Graph)
             journal.cursor(folder.path, key, changes.cursor, basis)
         return
+    cursor: str | None
     if entries is None and changes is not None and not changes.complete:
-        listing, entries, failed_unchanged = _changed_only(ctx, record, folder, changes)
-        cursor: str | None = changes.cursor
+        listing, cursor = changes.changed, changes.cursor
+        entries, failed_unchanged = _changed_only(ctx, record, folder, changes, states)
     else:
         if entries is None:
             entries = _entries(ctx, record, folder)
@@ -330,7 +337,7 @@ def _listing_basis(filters: FilterConfig) -> str:
 
 def _unchanged(changes: FolderChanges) -> bool:
     """Nothing new, changed or gone since the cursor the last pass kept."""
-    return not changes.complete and not changes.changed and not changes.removed and changes.remaining is None
+    return not changes.complete and not changes.changed and not changes.removed
 
 
 def _source_listing(src: Mailbox, folder: FolderInfo, entries: Sequence[LedgerEntry],
@@ -347,33 +354,27 @@ def _source_listing(src: Mailbox, folder: FolderInfo, entries: Sequence[LedgerEn
              if e.state in (ledger.DONE, ledger.FAILED) and e.source_key == (folder.key or "")}
     for gone in changes.removed:
         known.pop(gone, None)
-    if changes.remaining is not None:
-        known = {source_id: ref for source_id, ref in known.items() if source_id in changes.remaining}
     known.update((ref.id, ref) for ref in changes.changed)
     return list(known.values()), changes.cursor
 
 
-def _changed_only(ctx: RunContext, record: MailboxRecord, folder: FolderInfo,
-                  changes: FolderChanges) -> tuple[list[MessageRef], list[LedgerEntry], int]:
-    """What diff.plan_folder needs to act on what changed since the last pass, without every row of the
-    folder: the changed messages as the listing, and as the rows theirs and those of copies whose source
-    message is gone. The same actions as _source_listing's listing against every row (whose other
-    messages are the ledger's own rows, so they ask for nothing), read at a fraction of the cost. Also how
-    many messages refused earlier are still on the source unchanged: plan_folder counts those only when it
-    sees them. For a folder with no open intent (diff.plan_folder refuses to plan one)."""
+def _changed_only(ctx: RunContext, record: MailboxRecord, folder: FolderInfo, changes: FolderChanges,
+                  states: Mapping[tuple[str, str], int]) -> tuple[list[LedgerEntry], int]:
+    """The rows diff.plan_folder needs to act on what changed since the last pass, with the changed
+    messages as the listing: those of the changed and of the removed messages (a removed one's copy is
+    `gone`). The same actions as _source_listing's listing against every row (whose other messages are the
+    ledger's own rows, so they ask for nothing), read at the cost of the change, not of the folder. Also
+    how many messages refused earlier are still on the source unchanged, which plan_folder counts only
+    when it sees them: a message has one row per folder key, so that is the key's refused rows (`states`,
+    read as the pass began; nothing has written this folder's rows since) less those read here. For a
+    folder with no open intent and no row of another key but removed ones (diff.plan_folder refuses to
+    plan open intents)."""
     key = folder.key or ""
-    changed = {ref.id for ref in changes.changed}
-    removed = set(changes.removed)
     with reading(ctx.engine) as conn:
-        index = ledger.folder_index(conn, record.id, folder.path)
-        # the messages _source_listing would list from the ledger, as it keys them
-        present = {sid for sid, row_key, state in index if state in (ledger.DONE, ledger.FAILED) and row_key == key
-                   and sid not in removed and (changes.remaining is None or sid in changes.remaining)}
-        gone = {sid for sid, _key, state in index if state == ledger.DONE and sid not in present and sid not in changed}
-        entries = ledger.folder_entries(conn, record.id, folder.path, changed | gone)
-    last = {sid: state for sid, _key, state in index}  # id order: plan_folder goes by a source id's last row
-    failed = sum(1 for sid in present - changed if last[sid] == ledger.FAILED)
-    return changes.changed, entries, failed
+        entries = ledger.folder_entries(conn, record.id, folder.path,
+                                        {ref.id for ref in changes.changed} | set(changes.removed))
+    refused_here = sum(1 for entry in entries if entry.state == ledger.FAILED and entry.source_key == key)
+    return entries, states.get((key, ledger.FAILED), 0) - refused_here
 
 
 def _known_ref(entry: LedgerEntry) -> MessageRef:

@@ -65,14 +65,6 @@ def folder_entries(conn: Connection, mailbox_id: int, source_folder: str,
     return sorted(entries, key=lambda entry: entry.id)
 
 
-def folder_index(conn: Connection, mailbox_id: int, source_folder: str) -> list[tuple[str, str, str]]:
-    """(source_id, source_key, state) of the folder's rows in id order: what a delta pass needs to see which
-    copies lost their source message, at a fraction of the cost of reading every row."""
-    rows = conn.execute(select(ledger.c.source_id, ledger.c.source_key, ledger.c.state).where(
-        ledger.c.mailbox_id == mailbox_id, ledger.c.source_folder == source_folder).order_by(ledger.c.id))
-    return [(source_id, key, state) for source_id, key, state in rows]
-
-
 def mailbox_entries(conn: Connection, mailbox_id: int) -> list[LedgerEntry]:
     rows = conn.execute(select(ledger).where(ledger.c.mailbox_id == mailbox_id).order_by(ledger.c.id))
     return [_entry(row) for row in rows]
