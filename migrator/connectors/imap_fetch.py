@@ -27,7 +27,9 @@ _RESPONSE_CODE = re.compile(rb"\[(?P<type>[A-Z-]+)(?: (?P<data>[^]]*))?\]")
 _LITERAL = re.compile(rb".*\{(?P<size>\d+)\}", re.DOTALL)
 _REPLY = re.compile(rb"\d+ \((?P<items>.*)\)", re.DOTALL)
 _FLAGS = re.compile(rb"FLAGS \((?P<flags>[^()]*)\)")
-_LISTING_AS_ASKED = re.compile(rb'\d+ \(UID (\d+) FLAGS \(([^()]*)\) INTERNALDATE "([^"]*)" RFC822\.SIZE (\d+)\)')
+# A listing as asked for, in that order (Dovecot's), and with the MODSEQ that a CHANGEDSINCE reply adds last.
+_LISTING_AS_ASKED = re.compile(rb'\d+ \(UID (\d+) FLAGS \(([^()]*)\) INTERNALDATE "([^"]*)" RFC822\.SIZE (\d+)'
+                               rb'(?: MODSEQ \(\d+\))?\)')
 _FIELD = re.compile(rb'(UID|INTERNALDATE|RFC822\.SIZE|MODSEQ) ("[^"]*"|\d+|\(\d+\))')
 _OTHER = (rb"(?:(?:UID (?P<uid>\d+)|MODSEQ \(\d+\)|FLAGS \([^()]*\)) )*")
 _BODY_HEAD = re.compile(rb"\d+ \(" + _OTHER + rb"BODY\[\] \{(?P<size>\d+)\}")
