@@ -23,7 +23,7 @@ from migrator.connectors.base import Endpoint, Mailbox, open_mailbox
 from migrator.engine import diff
 from migrator.engine.checkpoint import CrashHook, Journal
 from migrator.engine.copier import FolderCopier, count_wait
-from migrator.engine.mapping import FolderRoute, route_folders
+from migrator.engine.mapping import FolderRoute, is_excluded, route_folders
 from migrator.engine.parallel import SessionPair, opener, run_folders
 from migrator.engine.prefetch import Prefetcher
 from migrator.engine.recovery import adopt_renamed_folders, check_source_key
@@ -94,12 +94,11 @@ def run_mailbox_pass(ctx: RunContext, record: MailboxRecord, journal: Journal) -
         with attempt:
             journal.check_stop()
             count_wait(ctx, journal, ctx.source_pacer.acquire(0, 0) + ctx.target_pacer.acquire(0, 0))
-            with open_mailbox(ctx.source, source_login, write=False) as src, \
-                    open_mailbox(ctx.target, target_login, write=True) as dst:
+            with open_mailbox(ctx.source, source_login, write=False) as src:
                 try:
-                    return _copy_mailbox(ctx, record, journal, src, dst)
+                    return _copy_mailbox(ctx, record, journal, src, target_login)
                 finally:
-                    _count_server_waits(ctx, journal, src, dst)
+                    _count_server_waits(ctx, journal, src)
     raise AssertionError("unreachable: tenacity re-raises the last failure")
 
 
@@ -117,20 +116,66 @@ def _retry_wait(ctx: RunContext, journal: Journal, state: RetryCallState) -> flo
     return float(min(30.0, 0.5 * 2**state.attempt_number))
 
 
-def _count_server_waits(ctx: RunContext, journal: Journal, src: Mailbox, dst: Mailbox) -> None:
+def _count_server_waits(ctx: RunContext, journal: Journal, *sessions: Mailbox) -> None:
     """Waits the connectors spent inside requests (Graph's 429s and budgets): throttled, not failed."""
-    waited = src.throttled_seconds() + dst.throttled_seconds()
+    waited = sum(session.throttled_seconds() for session in sessions)
     if waited > 0:
         count_wait(ctx, journal, waited)
-        journal.event("throttled", f"waited {waited:.1f} s for the servers' throttling (source and target)")
+        journal.event("throttled", f"waited {waited:.1f} s for the servers' throttling")
 
 
 def _sleep_unless_stopped(stop: threading.Event, seconds: float) -> None:
     stop.wait(seconds)
 
 
-def _copy_mailbox(ctx: RunContext, record: MailboxRecord, journal: Journal, src: Mailbox, dst: Mailbox) -> list[str]:
+def _copy_mailbox(ctx: RunContext, record: MailboxRecord, journal: Journal, src: Mailbox,
+                  target_login: Login) -> list[str]:
+    """The source is asked first, the target only where there is something to do: in a delta pass most
+    mailboxes have nothing new, and a session on the target (a login, a folder list; tokens, TLS and
+    throttled requests for a hosted one) then costs the cutover window for nothing."""
     source_folders = src.list_folders(sizes=False)
+    with reading(ctx.engine) as conn:
+        known = _Known.read(conn, record, ctx.config.filters)
+    if _source_unchanged(ctx, journal, src, source_folders, known):
+        return []
+    with open_mailbox(ctx.target, target_login, write=True) as dst:
+        try:
+            return _copy_folders(ctx, record, journal, src, dst, source_folders, known)
+        finally:
+            _count_server_waits(ctx, journal, dst)
+
+
+def _source_unchanged(ctx: RunContext, journal: Journal, src: Mailbox, source_folders: Sequence[FolderInfo],
+                      known: _Known) -> bool:
+    """True when no folder the pass copies changed since the cursor the last pass kept, none has rows to
+    settle or check, and none is new or gone: the pass is then done, and the target is never asked. The
+    source is asked folder by folder up to the first that needs more; what it said is kept in `known`
+    for the pass (each folder's changes are asked once)."""
+    paths = {folder.path for folder in source_folders}
+    routed = [folder for folder in source_folders
+              if folder.selectable and not is_excluded(folder, ctx.config.filters.exclude_folders)]
+    if ctx.options.rematch_folders or not known.states.keys() <= paths:
+        return False
+    for folder in routed:
+        kept = known.cursors.get((folder.path, folder.key or ""))
+        if kept is None or _needs_rows(folder, known.states.get(folder.path, {})):
+            return False
+        try:
+            changes = src.changes(folder, kept)
+        except FolderFailed:
+            return False  # the pass asks again and reports it where it reports every folder's failure
+        if changes is None:
+            return False
+        known.asked[folder.path] = changes
+        if not _unchanged(changes):
+            return False
+    for folder in routed:
+        _record_unchanged(ctx, journal, folder, known, known.asked.pop(folder.path))
+    return True
+
+
+def _copy_folders(ctx: RunContext, record: MailboxRecord, journal: Journal, src: Mailbox, dst: Mailbox,
+                  source_folders: Sequence[FolderInfo], known: _Known) -> list[str]:
     target_folders = dst.list_folders(sizes=False)
     separator = next((f.separator for f in target_folders if f.separator), None)
     routes = route_folders(source_folders, target_folders, separator, ctx.config.mapping.folders,
@@ -138,7 +183,6 @@ def _copy_mailbox(ctx: RunContext, record: MailboxRecord, journal: Journal, src:
     source_paths = {f.path for f in source_folders}
     with reading(ctx.engine) as conn:
         known_targets = ledger.target_folders(conn, record.id)
-        known = _Known.read(conn, record, ctx.config.filters)
         # adopt_renamed_folders reads the rows of folders the source no longer shows (rename candidates);
         # of the others it needs only to know that the ledger has them. Their rows are read per folder
         # below, and only where the pass needs them.
@@ -148,7 +192,7 @@ def _copy_mailbox(ctx: RunContext, record: MailboxRecord, journal: Journal, src:
     routes = adopt_renamed_folders(src, journal, source_paths, routes, history)
     if not known.states.keys() <= source_paths:  # folders vanished: a renamed one's rows now carry its new name
         with reading(ctx.engine) as conn:
-            known = _Known.read(conn, record, ctx.config.filters)
+            known = _Known.read(conn, record, ctx.config.filters, known.asked)
     existing = {f.path for f in target_folders}
     native = _native_format(journal, src, dst)
     problems: list[str] = []
@@ -258,16 +302,21 @@ def _entries(ctx: RunContext, record: MailboxRecord, folder: FolderInfo) -> list
 class _Known:
     """What the ledger held for a mailbox as its pass began, read in two queries rather than per folder:
     per source folder with rows, how many it has in each (source key, state); and the change cursors kept
-    under the pass's filters (`basis`), by (folder, folder key). Only this pass writes either."""
+    under the pass's filters (`basis`), by (folder, folder key). Only this pass writes either. Also what the
+    source already said had changed in a folder since its cursor (`asked`, _source_unchanged), taken by
+    the folder's sync."""
 
     states: Mapping[str, Mapping[tuple[str, str], int]]
     cursors: Mapping[tuple[str, str], str]
     basis: str
+    asked: dict[str, FolderChanges]
 
     @staticmethod
-    def read(conn: Connection, record: MailboxRecord, filters: FilterConfig) -> _Known:
+    def read(conn: Connection, record: MailboxRecord, filters: FilterConfig,
+             asked: dict[str, FolderChanges] | None = None) -> _Known:
         basis = _listing_basis(filters)
-        return _Known(ledger.folder_states(conn, record.id), ledger.read_cursors(conn, record.id, basis), basis)
+        return _Known(ledger.folder_states(conn, record.id), ledger.read_cursors(conn, record.id, basis), basis,
+                      {} if asked is None else asked)
 
 
 def _sync_folder(ctx: RunContext, record: MailboxRecord, journal: Journal, src: Mailbox, dst: Mailbox,
@@ -278,7 +327,7 @@ def _sync_folder(ctx: RunContext, record: MailboxRecord, journal: Journal, src: 
     everything that pass acted on and none of its rows is read."""
     states = known.states.get(folder.path, {})
     entries: list[LedgerEntry] | None = None
-    if any(state == ledger.INTENT or (key != folder.key and state != ledger.REMOVED) for key, state in states):
+    if _needs_rows(folder, states):
         entries = _entries(ctx, record, folder)
         intents = [entry for entry in entries if entry.state == ledger.INTENT]
         if intents:
@@ -288,11 +337,9 @@ def _sync_folder(ctx: RunContext, record: MailboxRecord, journal: Journal, src: 
             entries = _entries(ctx, record, folder)
     key, basis = folder.key or "", known.basis
     kept = known.cursors.get((folder.path, key))
-    changes = src.changes(folder, kept)
+    changes = known.asked.pop(folder.path) if folder.path in known.asked else src.changes(folder, kept)
     if entries is None and changes is not None and _unchanged(changes):
-        ctx.progress.add(still_failed=states.get((key, ledger.FAILED), 0))
-        if changes.cursor != kept:  # an endpoint whose cursor moves on even when nothing changed (Graph)
-            journal.cursor(folder.path, key, changes.cursor, basis)
+        _record_unchanged(ctx, journal, folder, known, changes)
         return
     cursor: str | None
     if entries is None and changes is not None and not changes.complete:
@@ -320,6 +367,21 @@ def _sync_folder(ctx: RunContext, record: MailboxRecord, journal: Journal, src: 
     # wait for --sync-deletes: the next pass must see them again.
     if cursor is not None and cursor != kept and not (actions.gone and not ctx.options.sync_deletes):
         journal.cursor(folder.path, key, cursor, basis)
+
+
+def _needs_rows(folder: FolderInfo, states: Mapping[tuple[str, str], int]) -> bool:
+    """The folder has open intents to settle, or rows of another UIDVALIDITY to check (removed ones aside)."""
+    return any(state == ledger.INTENT or (key != folder.key and state != ledger.REMOVED) for key, state in states)
+
+
+def _record_unchanged(ctx: RunContext, journal: Journal, folder: FolderInfo, known: _Known,
+                      changes: FolderChanges) -> None:
+    """A folder the source says nothing changed in since the kept cursor: its refused messages still count,
+    and a cursor that moved on anyway (Graph's) is kept."""
+    key = folder.key or ""
+    ctx.progress.add(still_failed=known.states.get(folder.path, {}).get((key, ledger.FAILED), 0))
+    if changes.cursor != known.cursors.get((folder.path, key)):
+        journal.cursor(folder.path, key, changes.cursor, known.basis)
 
 
 def batch_bounds(source_pacer: Pacer, target_pacer: Pacer, target: Capabilities) -> tuple[int, int]:
