@@ -469,6 +469,8 @@ class Bench:
         self.problems: list[str] = []
         self.notes: dict[str, Any] = {}
         self.names = [f"box{i + 1:02d}" for i in range(args.mailboxes)]
+        self._cpu_at_start: dict[str, float] = {}
+        self.cpu_used: dict[str, float] = {}  # by party, over the last timed step (stop_clock)
         self.logs = ROOT / "logs"
         self.project = ROOT / "project"
 
@@ -604,9 +606,9 @@ class Bench:
             with RawImap(self.source.host, self.source.port, name, SOURCE_PASSWORD) as imap:
                 return {folder: imap.fetch_all(folder) for folder in self.folders}
 
-        started = time.perf_counter()
+        started = self.start_clock()
         fetched = self.parallel(self.names, fetch)
-        seconds = time.perf_counter() - started
+        seconds = self.stop_clock(started)
         count = size = 0
         for name, folders in zip(self.names, fetched, strict=True):
             for folder, bodies in folders.items():
@@ -630,10 +632,11 @@ class Bench:
                         imap.append(target_folder(folder), chunk)
 
         count, size = self.totals()
-        started = time.perf_counter()
+        started = self.start_clock()
         self.parallel(self.names, append)
+        seconds = self.stop_clock(started)
         batches = sum(1 for box in self.corpus.values() for msgs in box.values() for _ in chunks(msgs))
-        self.record(Step("a", "(a) target raw MULTIAPPEND ceiling", count, size, time.perf_counter() - started,
+        self.record(Step("a", "(a) target raw MULTIAPPEND ceiling", count, size, seconds,
                          {"batches": batches, "batch_limits": [CHUNK_MESSAGES, CHUNK_BYTES]}))
 
     def measure_single_append(self) -> None:
@@ -651,10 +654,10 @@ class Bench:
 
         count = sum(len(m) for box in sample.values() for m in box.values())
         size = sum(len(x.raw) for box in sample.values() for m in box.values() for x in m)
-        started = time.perf_counter()
+        started = self.start_clock()
         self.parallel(self.names, append)
         self.record(Step("a1", f"(a1) target single APPEND (1 in {stride})", count, size,
-                         time.perf_counter() - started, {"sample_stride": stride}))
+                         self.stop_clock(started), {"sample_stride": stride}))
 
     def measure_connector(self) -> None:
         """(a2), (b2): the same copies through migrator's own IMAP connector (imapclient), from memory.
@@ -677,10 +680,10 @@ class Bench:
                             size += len(message.body)
             return count, size
 
-        started = time.perf_counter()
+        started = self.start_clock()
         results = self.parallel(self.names, fetch)
         self.record(Step("b2", "(b2) migrator connector: list + FETCH", sum(r[0] for r in results),
-                         sum(r[1] for r in results), time.perf_counter() - started,
+                         sum(r[1] for r in results), self.stop_clock(started),
                          {"batch_messages": CHUNK_MESSAGES}))
 
         def raw(m: Message, i: int) -> RawMessage:
@@ -701,9 +704,9 @@ class Bench:
                         dst.append(folders[name][folder], [raw(m, i) for i, m in enumerate(chunk)])
 
         count, size = self.totals()
-        started = time.perf_counter()
+        started = self.start_clock()
         self.parallel(self.names, append)
-        self.record(Step("a2", "(a2) migrator connector: MULTIAPPEND", count, size, time.perf_counter() - started))
+        self.record(Step("a2", "(a2) migrator connector: MULTIAPPEND", count, size, self.stop_clock(started)))
 
     def prepare_target_folders(self, prefix: str) -> None:
         def create(name: str) -> None:
@@ -717,10 +720,32 @@ class Bench:
         msgs = [m for box in self.corpus.values() for ms in box.values() for m in ms]
         return len(msgs), sum(len(m.raw) for m in msgs)
 
+    def start_clock(self) -> float:
+        """perf_counter() as a timed step starts, noting the CPU time every party has used so far."""
+        self._cpu_at_start = self.cpu_now()
+        return time.perf_counter()
+
+    def stop_clock(self, started: float) -> float:
+        """Seconds since start_clock; the CPU each party used meanwhile goes with the step recorded next."""
+        seconds = time.perf_counter() - started
+        now = self.cpu_now()
+        self.cpu_used = {party: round(now[party] - self._cpu_at_start[party], 2) for party in now}
+        return seconds
+
+    def cpu_now(self) -> dict[str, float]:
+        """CPU seconds used so far by each server's processes and by the client side: this process (the raw
+        steps' threads) and the children it has waited for (migrator runs and their worker processes, dsync)."""
+        times = os.times()
+        return {"target": self.target.cpu_seconds(), "source": self.source.cpu_seconds(),
+                "client": time.process_time() + times.children_user + times.children_system}
+
     def record(self, step: Step) -> None:
         self.steps[step.key] = step
+        cpu = step.extra["cpu_seconds_by_party"] = self.cpu_used
+        busy = sum(cpu.values()) / step.seconds if step.seconds > 0 else 0.0
         self.say(f"{step.label}: {step.messages} messages, {step.bytes / 1e6:.1f} MB in {step.seconds:.2f}s "
-                 f"= {step.msg_s:.0f} msg/s, {step.mb_s:.1f} MB/s")
+                 f"= {step.msg_s:.0f} msg/s, {step.mb_s:.1f} MB/s; CPU-seconds target {cpu['target']:.2f}, "
+                 f"source {cpu['source']:.2f}, client {cpu['client']:.2f}: {busy:.2f} of {os.cpu_count()} CPUs busy")
 
     # ---------------------------------------------------------------------------------- migrator
 
@@ -769,12 +794,13 @@ max_connections = {self.workers}
         log = self.logs / f"run-{key}.log"
         cmd = [sys.executable, "-m", "migrator", "run", "plans/bench.yaml", "--stage", stage,
                "--workers", str(self.workers), "--processes", str(self.args.processes)]
-        started = time.perf_counter()
+        started = self.start_clock()
         proc = self.start_child(cmd, log, cwd=self.project)
         poller = HwmPoller(proc.pid)
         poller.start()
         _pid, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - started
+        seconds = self.stop_clock(started)
+        self.cpu_used["client"] = round(usage.ru_utime + usage.ru_stime, 2)  # migrator's own, not the poller's
         proc.returncode = os.waitstatus_to_exitcode(status)
         poller.done.set()
         poller.join()
@@ -819,9 +845,9 @@ max_connections = {self.workers}
             return proc.wait(), time.perf_counter() - start
 
         count, size = self.totals()
-        started = time.perf_counter()
+        started = self.start_clock()
         results = self.parallel(self.names, backup)
-        seconds = time.perf_counter() - started
+        seconds = self.stop_clock(started)
         codes = {n: code for n, (code, _s) in zip(self.names, results, strict=True)}
         failed = {n: c for n, c in codes.items() if c != 0}
         if failed:
@@ -1094,6 +1120,13 @@ max_connections = {self.workers}
                  f"(d) {rss['d']['tree_rss_mb']:.1f} MB, (e) {rss['e']['tree_rss_mb']:.1f} MB "
                  f"[sum of RSS polled every 20 ms, shared pages counted in each process; PSS: (c) "
                  f"{rss['c']['tree_pss_mb']:.1f} MB; the run process alone, VmHWM: {rss['c']['vmhwm_mb']:.1f} MB]")
+        for key in ("a", "c", "c_prime"):
+            st = self.steps[key]
+            cpu = st.extra["cpu_seconds_by_party"]
+            floor = sum(cpu.values()) / (os.cpu_count() or 1)
+            self.say(f"CPU {f'({key})':<6}   target {cpu['target']:.2f} + source {cpu['source']:.2f} + client "
+                     f"{cpu['client']:.2f} CPU-seconds: no less than {floor:.2f}s on {os.cpu_count()} CPUs "
+                     f"(took {st.seconds:.2f}s)")
         self.say(f"diagnostics: fetch (b) + append (a) back to back = {dg['serial_fetch_then_append_seconds']:.2f}s "
                  f"({dg['serial_fetch_then_append_msg_s']:.0f} msg/s); through migrator's connector (b2) + (a2) = "
                  f"{dg['serial_connector_seconds']:.2f}s ({dg['serial_connector_msg_s']:.0f} msg/s)")

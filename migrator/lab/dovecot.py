@@ -286,6 +286,20 @@ class DovecotServer:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    def cpu_seconds(self) -> float:
+        """CPU time the server has used so far: its live processes' own, and that of the processes they
+        reaped (the master reaps every imap process when its session ends). scripts/bench reads it around
+        each step to show how the machine's CPUs were shared."""
+        if self._proc is None:
+            return 0.0
+        ticks = 0
+        for pid in _group_pids(self._proc.pid):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                fields = stat[stat.rindex(")") + 2 :].split()  # state ppid pgrp ... (see _group_members)
+                ticks += sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
+        return ticks / os.sysconf("SC_CLK_TCK")
+
     def user_home(self, user: str | LabUser) -> Path:
         return self.root / "home" / _user_name(user)
 
@@ -669,6 +683,16 @@ def _make_traversable(path: Path) -> None:
 def _group_members(pgid: int) -> list[tuple[int, str]]:
     """(pid, process title) of the live processes in a process group (Linux /proc)."""
     members = []
+    for pid in _group_pids(pgid, zombies=False):
+        with contextlib.suppress(OSError):
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            members.append((pid, title.strip()))
+    return members
+
+
+def _group_pids(pgid: int, *, zombies: bool = True) -> list[int]:
+    """The processes of a process group (Linux /proc); a zombie's CPU time is not yet its parent's."""
+    pids = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -676,13 +700,12 @@ def _group_members(pgid: int) -> list[tuple[int, str]]:
             stat = Path(entry.path, "stat").read_text()
             # pid (comm) state ppid pgrp ...; comm may contain spaces and parentheses
             fields = stat[stat.rindex(")") + 2 :].split()
-            if fields[0] == "Z" or int(fields[2]) != pgid:
+            if (fields[0] == "Z" and not zombies) or int(fields[2]) != pgid:
                 continue
-            title = Path(entry.path, "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
         except (OSError, ValueError, IndexError):
             continue
-        members.append((int(entry.name), title.strip()))
-    return members
+        pids.append(int(entry.name))
+    return pids
 
 
 def _wait_group_gone(pgid: int, timeout: float = 5.0) -> None:

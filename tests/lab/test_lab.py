@@ -291,6 +291,22 @@ def test_userip_connection_limit(lab_root: Path) -> None:
             second.logout()
 
 
+def test_cpu_seconds_count_sessions_that_ended(lab_root: Path) -> None:
+    """scripts/bench reads a server's CPU time around each step: an imap process's time counts whether it
+    still runs, has ended or was reaped by its parent, and the total never goes backwards."""
+    with DovecotServer(root=lab_root / "cpu", name="cpu", layout="target", users=[ALICE]) as server:
+        before = server.cpu_seconds()
+        body = b"Subject: cpu\r\n\r\n" + b"x" * 20_000 + b"\r\n"
+        with connect(server, ALICE) as client:
+            for _ in range(300):
+                client.append("INBOX", body)
+            client.select_folder("INBOX")
+            assert len(client.fetch(client.search(), ["BODY.PEEK[]"])) == 300
+        after = server.cpu_seconds()  # the imap process, live, ended or reaped, counts
+        assert after > before > 0
+        assert server.cpu_seconds() >= after
+
+
 def test_doveadm_uidvalidity_and_kick(source: DovecotServer, corpus: CorpusSummary) -> None:
     with connect(source, ALICE) as client:
         before = client.select_folder("Projects.2026", readonly=True)[b"UIDVALIDITY"]
