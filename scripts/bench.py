@@ -1147,8 +1147,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "30%% 200 KB-2 MB (default mixed)")
     parser.add_argument("--folders", type=int, default=8, help="folders with mail per mailbox (default 8)")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--workers", type=int, default=2,
-                        help="migrator --workers and parallel connections of every measurement (default 2)")
+    parser.add_argument("--workers", type=int, default=4,
+                        help="migrator --workers and parallel connections of every measurement (default 4: what "
+                             "migrator runs with when not told, [throttle.*] max_connections = 4)")
     parser.add_argument("--processes", type=int, default=1,
                         help="migrator --processes: worker processes the --workers are spread over (default 1)")
     parser.add_argument("--mail-fsync", choices=("never", "optimized", "always"), default="never",
