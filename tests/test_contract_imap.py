@@ -9,10 +9,10 @@ import pytest
 
 from migrator.config import EndpointConfig
 from migrator.connectors.base import open_mailbox
-from migrator.connectors.imap import ImapEndpoint
+from migrator.connectors.imap import LISTING_SLICE, ImapEndpoint
 from migrator.errors import AuthFailed
 from migrator.lab.dovecot import DovecotServer, LabUser, free_port
-from migrator.model import Login, Secret
+from migrator.model import FolderChanges, Login, Secret
 from tests.contract import *  # noqa: F403
 from tests.contract import Contract, message
 
@@ -47,3 +47,38 @@ def test_wrong_password_says_login_refused(contract: Contract) -> None:
     with pytest.raises(AuthFailed, match="login refused"), open_mailbox(contract.endpoint, contract.bad_login,
                                                                          write=False):
         pass
+
+
+def test_an_expunge_of_most_of_a_folder_comes_back_as_a_new_listing(dovecot: None, lab_root: Path) -> None:
+    """QRESYNC names expunged UIDs (VANISHED), as ranges a server may widen when it no longer knows every
+    expunge since the cursor: past a folder's worth, changes() lists the folder instead of naming each UID
+    (the pass then reads the folder's rows at once); a few are named one by one."""
+    with DovecotServer(root=lab_root / "srv", name="vanished", layout="target", users=[USER]) as server:
+        endpoint = ImapEndpoint(imap_config(server.port))
+        login = Login("carol@example.org", USER.name, Secret(USER.password))
+
+        def changes(cursor: str | None) -> FolderChanges:
+            with open_mailbox(endpoint, login, write=False) as reader:
+                listed = next(f for f in reader.list_folders(sizes=False) if f.path == "Bulk")
+                found = reader.changes(listed, cursor)
+            assert found is not None
+            return found
+
+        def expunge(count: int) -> list[str]:
+            with open_mailbox(endpoint, login, write=True) as mailbox:
+                folder, _ = mailbox.ensure_folder("Bulk", None)
+                victims = [ref.id for ref in mailbox.list_messages(folder)][:count]
+                mailbox.delete(folder, victims)
+            return victims
+
+        with open_mailbox(endpoint, login, write=True) as mailbox:
+            folder, _ = mailbox.ensure_folder("Bulk", None)
+            mailbox.append(folder, [message(b"Subject: %d\r\n\r\nbulk\r\n" % n) for n in range(LISTING_SLICE + 60)])
+        first = changes(None)
+        gone = expunge(LISTING_SLICE + 10)
+        second = changes(first.cursor)
+        left = {ref.id for ref in first.changed} - set(gone)
+        assert second.complete and {ref.id for ref in second.changed} == left and len(left) == 50
+        few = expunge(2)
+        third = changes(second.cursor)
+        assert not third.complete and not third.changed and sorted(third.removed) == sorted(few)

@@ -80,6 +80,7 @@ def test_a_literal_of_the_wrong_length_is_not_trusted() -> None:
 def test_uid_ranges_read_in_either_order() -> None:
     assert list(imap_fetch.uid_range(b"1:3,7,12:10")) == [1, 2, 3, 7, 10, 11, 12]
     assert list(imap_fetch.uid_range(b"5")) == [5]
+    assert imap_fetch.uid_spans(b"1:4294967295,7") == [(1, 4294967295), (7, 7)]  # not listed one by one
 
 
 def test_uid_sets_are_compact() -> None:

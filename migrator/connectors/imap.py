@@ -568,22 +568,27 @@ class ImapMailbox:
             return FolderChanges([], [], now, complete=False)
         self._select(folder, write=False)
         changed, vanished = self._changed_since(int(old_modseq))
-        # VANISHED (EARLIER) may name UIDs that never held a message (a server that no longer knows every
-        # expunge since the cursor names whole ranges), never one that still does; none at or past UIDNEXT.
-        removed = [str(uid) for uid in vanished if uid < int(status[b"UIDNEXT"])]
+        # VANISHED (EARLIER) may name UIDs that never held a message, never one that still does; none at or
+        # past UIDNEXT. A server that no longer knows every expunge since the cursor names whole ranges: past
+        # a folder's worth, listing the folder costs less than reading a ledger row for each.
+        below = int(status[b"UIDNEXT"])
+        spans = [(first, min(last, below - 1)) for first, last in vanished if first < below]
+        if sum(last - first + 1 for first, last in spans) > max(folder.messages, LISTING_SLICE):
+            return FolderChanges(self._listing(), [], now, complete=True)
+        removed = [str(uid) for first, last in spans for uid in range(first, last + 1)]
         return FolderChanges(changed, removed, now, complete=False)
 
-    def _changed_since(self, modseq: int) -> tuple[list[MessageRef], list[int]]:
-        """The selected folder's messages changed or added after `modseq`, and the UIDs expunged since
-        (RFC 7162 3.1.4, 3.2.6). Unsolicited FETCH replies of changes newer than the cursor's STATUS may come
-        with them: a reply without a listing's every item is left out, the next pass sees that change again."""
+    def _changed_since(self, modseq: int) -> tuple[list[MessageRef], list[tuple[int, int]]]:
+        """The selected folder's messages changed or added after `modseq`, and the spans of UIDs expunged
+        since (RFC 7162 3.1.4, 3.2.6). Unsolicited FETCH replies of changes newer than the cursor's STATUS may
+        come with them: a reply without a listing's every item is left out, the next pass sees that change."""
         imap = self.client._imap
         imap.untagged_responses.pop("VANISHED", None)
         with _translated(self.role, f"{self.context} FETCH CHANGEDSINCE"):
             data = imap_fetch.uid_fetch(imap, b"1:*", _LISTING + b" (CHANGEDSINCE %d VANISHED)" % modseq)
             listing = imap_fetch.parse_listing(data)
-        vanished = [uid for reply in imap.untagged_responses.pop("VANISHED", [])
-                    for uid in imap_fetch.uid_range(reply.removeprefix(b"(EARLIER) "))]
+        vanished = [span for reply in imap.untagged_responses.pop("VANISHED", [])
+                    for span in imap_fetch.uid_spans(reply.removeprefix(b"(EARLIER) "))]
         return [MessageRef(str(uid), size, _flags(flags), date)
                 for uid, (size, flags, date) in sorted(listing.items())], vanished
 

@@ -222,9 +222,18 @@ def uid_set(uids: Sequence[int]) -> bytes:
     return ",".join(parts).encode()
 
 
-def uid_range(text: bytes) -> Iterator[int]:
-    """The UIDs of a sequence set such as VANISHED names them ("1:5,8,12:10"; RFC 3501 allows either order)."""
+def uid_spans(text: bytes) -> list[tuple[int, int]]:
+    """(first, last) of each part of a UID set as APPENDUID and VANISHED write it ("1:5,8,12:10"; RFC 3501
+    allows either order in a range), without listing the UIDs: a range may be vast."""
+    spans = []
     for part in text.split(b","):
         low, _, high = part.strip().partition(b":")
         first, last = sorted((int(low), int(high or low)))
+        spans.append((first, last))
+    return spans
+
+
+def uid_range(text: bytes) -> Iterator[int]:
+    """The UIDs of a UID set, in order."""
+    for first, last in uid_spans(text):
         yield from range(first, last + 1)
