@@ -66,16 +66,19 @@ def _role_paths(target: Sequence[FolderInfo]) -> dict[Role, str]:
     return paths
 
 
+def copied_folders(source: Sequence[FolderInfo], excluded: Sequence[str]) -> list[FolderInfo]:
+    """The source folders a pass copies: the selectable ones not excluded, in source order."""
+    return [folder for folder in source if folder.selectable and not is_excluded(folder, excluded)]
+
+
 def route_folders(source: Sequence[FolderInfo], target: Sequence[FolderInfo], target_separator: str | None,
                   renames: Mapping[str, str], excluded: Sequence[str]) -> list[FolderRoute]:
-    """One route per selectable, not excluded source folder, in source order."""
+    """One route per folder copied_folders names, in source order."""
     role_paths = _role_paths(target)
     sep = target_separator or "/"
     by_path = {f.path: f for f in source}
     routes = []
-    for folder in source:
-        if not folder.selectable or is_excluded(folder, excluded):
-            continue
+    for folder in copied_folders(source, excluded):
         parts = folder.parts
         for depth in range(len(parts), 0, -1):
             ancestor_path = (folder.separator or "").join(parts[:depth])

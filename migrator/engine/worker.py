@@ -23,7 +23,7 @@ from migrator.connectors.base import Endpoint, Mailbox, open_mailbox
 from migrator.engine import diff
 from migrator.engine.checkpoint import CrashHook, Journal
 from migrator.engine.copier import FolderCopier, count_wait
-from migrator.engine.mapping import FolderRoute, is_excluded, route_folders
+from migrator.engine.mapping import FolderRoute, copied_folders, route_folders
 from migrator.engine.parallel import SessionPair, opener, run_folders
 from migrator.engine.prefetch import Prefetcher
 from migrator.engine.recovery import adopt_renamed_folders, check_source_key
@@ -152,8 +152,7 @@ def _source_unchanged(ctx: RunContext, journal: Journal, src: Mailbox, source_fo
     source is asked folder by folder up to the first that needs more; what it said is kept in `known`
     for the pass (each folder's changes are asked once)."""
     paths = {folder.path for folder in source_folders}
-    routed = [folder for folder in source_folders
-              if folder.selectable and not is_excluded(folder, ctx.config.filters.exclude_folders)]
+    routed = copied_folders(source_folders, ctx.config.filters.exclude_folders)
     if ctx.options.rematch_folders or not known.states.keys() <= paths:
         return False
     for folder in routed:
