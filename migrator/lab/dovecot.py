@@ -649,14 +649,22 @@ protocol imap {{
         """
         self.doveadm("mailbox", "update", "--uid-validity", str(value), "-u", _user_name(user), folder)
 
-    def kick(self, user: str | LabUser) -> None:
-        """Drop every IMAP connection of ``user`` (no error when there is none)."""
+    def kick(self, user: str | LabUser, timeout: float = 10.0) -> None:
+        """Drop every IMAP connection of ``user`` (no error when there is none), and return once they are
+        gone: doveadm kick only signals the sessions' processes, and a busy one answered another command
+        before it acted on the signal (seen with the test suite on both cores)."""
+        name = _user_name(user)
         try:
-            self.doveadm("kick", _user_name(user))
+            self.doveadm("kick", name)
         except DoveadmError as exc:
             # doveadm kick exits 68 with "no users kicked" when the user has no connections.
             if "no users kicked" not in f"{exc.stdout}{exc.stderr}":
                 raise
+        deadline = time.monotonic() + timeout
+        while any(line.split()[:1] == [name] for line in self.doveadm("who", "-1", name).stdout.splitlines()):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"lab Dovecot {self.name!r}: {name}'s sessions outlived doveadm kick by {timeout} s")
+            time.sleep(0.01)
 
 
 # --------------------------------------------------------------------------------------------------
