@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import threading
 from contextlib import ExitStack
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
-from migrator.engine.parallel import SessionPair, run_folders, session_pairs
+from migrator.engine.parallel import SessionBudget, SessionPair, run_folders
 from migrator.errors import FolderFailed, Throttled, Transient
 
 
@@ -38,6 +38,13 @@ class Pairs:
 FIRST = cast(SessionPair, ("first-source", "first-target"))
 
 
+def run_alone(jobs: list[int], pairs: int, *args: Any) -> None:
+    """run_folders for the only mailbox in flight of a run that may hold `pairs` session pairs."""
+    budget = SessionBudget(pairs)
+    with budget.mailbox():
+        run_folders(jobs, pairs, budget, FIRST, *args)
+
+
 def test_every_folder_once_across_pairs() -> None:
     pairs, done, users = Pairs(), [], set()
     barrier = threading.Barrier(3, timeout=10)
@@ -48,14 +55,14 @@ def test_every_folder_once_across_pairs() -> None:
         done.append(job)
         users.add(id(pair[0]))
 
-    run_folders(list(range(10)), 3, FIRST, pairs.open, sync, lambda exc: None, pairs.close)
+    run_alone(list(range(10)), 3, pairs.open, sync, lambda exc: None, pairs.close)
     assert sorted(done) == list(range(10))
     assert len(users) == 3 and len(pairs.opened) == 2 and set(pairs.closed) == set(pairs.opened)
 
 
 def test_a_refused_extra_session_leaves_the_work_to_the_others() -> None:
     pairs, done = Pairs(refuse=5), []
-    run_folders(list(range(6)), 4, FIRST, pairs.open, lambda pair, job: done.append((pair, job)),
+    run_alone(list(range(6)), 4, pairs.open, lambda pair, job: done.append((pair, job)),
                 lambda exc: None, pairs.close)
     assert sorted(job for _pair, job in done) == list(range(6))
     assert {pair for pair, _job in done} == {FIRST}
@@ -68,7 +75,7 @@ def test_a_failed_folder_does_not_stop_the_others() -> None:
         if job == 2:
             raise FolderFailed("folder 2: UIDVALIDITY changed")
 
-    run_folders(list(range(5)), 2, FIRST, Pairs().open, sync, lambda exc: failed.append(str(exc)), lambda p: None)
+    run_alone(list(range(5)), 2, Pairs().open, sync, lambda exc: failed.append(str(exc)), lambda p: None)
     assert failed == ["folder 2: UIDVALIDITY changed"]
 
 
@@ -85,14 +92,49 @@ def test_a_failure_that_ends_the_pass_stops_every_pair_and_is_raised(where: str)
         threading.Event().wait(0.01)
 
     with pytest.raises(Transient):
-        run_folders(list(range(200)), 2, FIRST, Pairs().open, sync, lambda exc: None, lambda p: None)
+        run_alone(list(range(200)), 2, Pairs().open, sync, lambda exc: None, lambda p: None)
     assert len(started) < 200, "the other pair stops after its current folder"
 
 
-def test_session_pairs_share_the_connections() -> None:
-    assert session_pairs(4, 4, 4) == 1
-    assert session_pairs(4, 1, 4) == 4
-    assert session_pairs(20, 2, 4) == 4
-    assert session_pairs(4, 3, 4) == 1
-    assert session_pairs(1, 8, 4) == 1
+def test_passes_keep_to_their_share_of_the_pairs_and_take_up_what_finished_ones_give_back() -> None:
+    budget = SessionBudget(4)
+    with budget.mailbox():
+        with budget.mailbox():
+            assert budget.take(1)
+            assert not budget.take(2), "two passes in flight: two pairs each"
+        assert budget.take(2) and budget.take(3), "alone, a pass may hold every pair"
+        assert not budget.take(4)
+        budget.give()
+        assert budget.take(3)
 
+
+def test_more_pairs_than_connections_are_never_taken() -> None:
+    budget = SessionBudget(3)
+    with budget.mailbox(), budget.mailbox(), budget.mailbox():
+        assert not budget.take(1)
+
+
+def test_a_mailbox_takes_up_pairs_another_mailbox_gave_back_at_its_next_folder() -> None:
+    """The run's last mailbox starts on one pair while another still holds the rest, and copies its remaining
+    folders on the pairs that one leaves behind."""
+    budget, pairs, users = SessionBudget(4), Pairs(), []
+    other = budget.mailbox()
+    other.__enter__()
+    for _ in range(2):
+        assert budget.take(1)  # the other mailbox holds three pairs: none is free
+    started = threading.Barrier(2, timeout=10)
+
+    def sync(pair: SessionPair, job: int) -> None:
+        users.append((job, pair))
+        if job == 0:
+            budget.give()
+            budget.give()
+            other.__exit__(None, None, None)  # the other mailbox is done: its three pairs are free
+        if job in (1, 2):
+            started.wait()  # both run at once: job 2 on a new pair
+
+    with budget.mailbox():
+        run_folders(list(range(6)), 4, budget, FIRST, pairs.open, sync, lambda exc: None, pairs.close)
+    assert [pair for job, pair in users if job == 0] == [FIRST]
+    assert sorted(job for job, _pair in users) == list(range(6))
+    assert 1 <= len(pairs.opened) <= 3 and set(pairs.closed) == set(pairs.opened)

@@ -21,7 +21,6 @@ from migrator.cli.common import (
 from migrator.cli.verify import run_verify
 from migrator.engine.checkpoint import CrashHook
 from migrator.engine.dryrun import preview_mailbox
-from migrator.engine.parallel import MAX_SESSIONS_PER_MAILBOX, session_pairs
 from migrator.engine.scheduler import WorkerProcesses, plan_mailboxes, queue_plan, run_queue
 from migrator.engine.worker import PassOptions, RunContext, logins_for
 from migrator.model import Stage
@@ -88,10 +87,9 @@ def run_command(plan_path: Path, stage: str, batches: tuple[str, ...], workers: 
     config = session.config
     connections = min(config.target_throttle.max_connections, config.source_throttle.max_connections)
     count = max(1, workers or min(4, connections))
-    in_flight = min(count, sum(len(plan.batch(code).mailboxes) for code in codes))
-    ctx = replace(ctx, options=replace(ctx.options, folder_sessions=session_pairs(connections, in_flight,
-                                                                                  MAX_SESSIONS_PER_MAILBOX)))
-    summary = run_queue(ctx, plan, stage, codes, count,
+    in_flight = max(1, min(count, sum(len(plan.batch(code).mailboxes) for code in codes)))
+    ctx = replace(ctx, options=replace(ctx.options, connections=connections))
+    summary = run_queue(ctx, plan, stage, codes, in_flight,
                         processes=WorkerProcesses(min(in_flight, processes), session.endpoints))
     ctx.progress.finish()
     progress, c = ctx.progress, ctx.progress.counters

@@ -3,18 +3,22 @@
 A migration's long pole is its largest mailbox: with one session pair a 50 GB mailbox copies at the speed
 of one APPEND stream while the other workers have long finished. Folders are independent (each has its own
 ledger rows, cursor and target folder), so with spare connections the largest folders go first, each on
-whichever session pair is free. Extra sessions are a bonus: one the server refuses (its per-user
-connection limit, e.g. Dovecot's mail_max_userip_connections) leaves the work to the others. A failure
-that ends the pass (a lost connection, a stop request) stops every session pair after its current folder
-and is raised once all have stopped, so no session is closed under a running command.
+whichever session pair is free. The run's connections (the fewer of the endpoints' max_connections) are
+shared by the mailboxes in flight, each up to its fair share (SessionBudget): while every worker has a
+mailbox each keeps to one pair, and as the queue runs dry the last mailboxes of a run (a night's largest,
+typically) take up, at their next folder, the connections the finished ones gave back. Extra sessions are
+a bonus: one the server refuses (its per-user connection limit, e.g. Dovecot's mail_max_userip_connections)
+leaves the work to the others, and the mailbox asks for no more. A failure that ends the pass (a lost
+connection, a stop request) stops every session pair after its current folder and is raised once all have
+stopped, so no session is closed under a running command.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, ExitStack
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import TypeVar
 
 from migrator.connectors.base import Mailbox
@@ -28,14 +32,64 @@ Job = TypeVar("Job")
 SessionPair = tuple[Mailbox, Mailbox]
 
 
-def run_folders(jobs: Sequence[Job], pairs: int, first: SessionPair,
+class SessionBudget:
+    """The session pairs one process of a run may hold at once (its share of the endpoints' max_connections),
+    shared by the mailbox passes in flight. Each pass holds its first pair (`mailbox`) and takes another
+    (`take`, then `give` once it is closed) only while pairs are free and it holds fewer than its fair share,
+    the pairs over the passes in flight: while every worker has a mailbox each keeps to its own, and as the
+    queue runs dry the last ones take up what the finished ones gave back."""
+
+    def __init__(self, pairs: int = 1) -> None:
+        self._pairs = pairs
+        self._in_use = 0
+        self._passes = 0
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def mailbox(self) -> Iterator[None]:
+        with self._lock:
+            self._passes += 1
+            self._in_use += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._passes -= 1
+                self._in_use -= 1
+
+    def take(self, held: int) -> bool:
+        """One more pair for a pass that holds `held`, if the run has one free and the pass its share."""
+        with self._lock:
+            fair_share = -(-self._pairs // max(1, self._passes))
+            if self._in_use >= self._pairs or held >= fair_share:
+                return False
+            self._in_use += 1
+            return True
+
+    def give(self) -> None:
+        with self._lock:
+            self._in_use -= 1
+
+
+def run_folders(jobs: Sequence[Job], cap: int, budget: SessionBudget, first: SessionPair,
                 open_pair: Callable[[ExitStack], SessionPair], sync: Callable[[SessionPair, Job], None],
                 folder_failed: Callable[[FolderFailed], None], close_pair: Callable[[SessionPair], None]) -> None:
-    """`sync` every job (in the given order, largest first) on `first` and up to `pairs - 1` more session
-    pairs made by `open_pair`; a FolderFailed goes to `folder_failed` and the others go on."""
+    """`sync` every job (in the given order, largest first) on `first` and on up to `cap - 1` more session
+    pairs made by `open_pair`, each taken from `budget` when a job is waiting that no pair has started (at
+    the start and as each job starts); a FolderFailed goes to `folder_failed` and the others go on."""
     queue: deque[Job] = deque(jobs)
     lock = threading.Lock()
     failures: list[BaseException] = []
+    helpers: list[threading.Thread] = []
+    refused = threading.Event()  # the server allows this user no more sessions: ask no more
+
+    def grow() -> None:
+        """With `lock` held: another pair for the jobs no pair has started, if the budget has one."""
+        while (queue and not failures and not refused.is_set() and len(helpers) + 1 < cap
+               and budget.take(len(helpers) + 1)):
+            helper = threading.Thread(target=extra, name="folders", daemon=True)
+            helpers.append(helper)
+            helper.start()
 
     def drain(pair: SessionPair) -> None:
         while not failures:
@@ -43,6 +97,7 @@ def run_folders(jobs: Sequence[Job], pairs: int, first: SessionPair,
                 if not queue:
                     return
                 job = queue.popleft()
+                grow()
             try:
                 sync(pair, job)
             except FolderFailed as exc:
@@ -54,33 +109,34 @@ def run_folders(jobs: Sequence[Job], pairs: int, first: SessionPair,
                 try:
                     pair = open_pair(stack)
                 except (Transient, EndpointError):
-                    return  # the server allows no more sessions now: the others do the work
+                    refused.set()  # the others do the work
+                    return
                 try:
                     drain(pair)
                 finally:
                     close_pair(pair)
         except BaseException as exc:  # handed to the pass's own thread, which raises the first one
             failures.append(exc)
+        finally:
+            budget.give()
 
-    helpers = [threading.Thread(target=extra, name="folders", daemon=True)
-               for _ in range(min(pairs, len(jobs)) - 1)]
-    for helper in helpers:
-        helper.start()
     try:
+        with lock:
+            grow()
         drain(first)
     except BaseException as exc:
         failures.append(exc)
     finally:
-        for helper in helpers:
+        joined = 0
+        while True:  # helpers start only while jobs wait, so none starts after the first pair's drain ends
+            with lock:
+                if joined == len(helpers):
+                    break
+                helper = helpers[joined]
             helper.join()
+            joined += 1
     if failures:
         raise failures[0]
-
-
-def session_pairs(connections: int, mailboxes_at_once: int, cap: int) -> int:
-    """Session pairs per mailbox: the connections each server allows this run, shared by the mailboxes in
-    flight, at most `cap` per mailbox (servers limit a user's connections) and at least one."""
-    return max(1, min(cap, connections // max(1, mailboxes_at_once)))
 
 
 def opener(open_source: Callable[[], AbstractContextManager[Mailbox]],

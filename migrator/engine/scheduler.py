@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 
 from migrator.connectors.base import Endpoint
 from migrator.engine.checkpoint import Interrupted, Journal
+from migrator.engine.parallel import SessionBudget
 from migrator.engine.processes import WorkerOutcome, run_forked, split_workers
 from migrator.engine.worker import MailboxPass, RunContext, run_mailbox_pass
 from migrator.errors import EndpointError, LeaseLost, MailboxFailed, MigratorError, SafetyStop, StateError, UserError
@@ -94,7 +95,9 @@ def run_queue(ctx: RunContext, plan: Plan, stage: str, codes: Sequence[str], wor
         records = {r.id: r for r in inventory.list_mailboxes(conn)}
 
     def work(context: RunContext, threads: int) -> RunSummary:
-        return _run_threads(context, plan, stage, codes, records, threads, mailbox_pass)
+        pairs = max(threads, context.options.connections * threads // workers)  # this process's share
+        return _run_threads(replace(context, sessions=SessionBudget(pairs)), plan, stage, codes, records, threads,
+                            mailbox_pass)
 
     shares = split_workers(workers, processes.count) if processes else [workers]
     if processes is None or len(shares) == 1:
@@ -150,7 +153,8 @@ def _run_job(ctx: RunContext, job: JobRecord, lease: Lease, record: MailboxRecor
     journal = Journal(ctx.engine, lease, record.id, checkpoint_id, ctx.stop, ctx.crash)
     state, kind, error, problems = work.JOB_DONE, None, None, []
     try:
-        problems = [f"{record.source}: {p}" for p in mailbox_pass(ctx, record, journal)]
+        with ctx.sessions.mailbox():
+            problems = [f"{record.source}: {p}" for p in mailbox_pass(ctx, record, journal)]
     except Interrupted:
         with translate_db_errors(), ctx.engine.begin() as conn:
             journal.write_pending(conn)

@@ -24,7 +24,7 @@ from migrator.engine import diff
 from migrator.engine.checkpoint import CrashHook, Journal
 from migrator.engine.copier import FolderCopier, count_wait
 from migrator.engine.mapping import FolderRoute, copied_folders, route_folders
-from migrator.engine.parallel import SessionPair, opener, run_folders
+from migrator.engine.parallel import MAX_SESSIONS_PER_MAILBOX, SessionBudget, SessionPair, opener, run_folders
 from migrator.engine.prefetch import Prefetcher
 from migrator.engine.recovery import adopt_renamed_folders, check_source_key
 from migrator.errors import FolderFailed, Throttled, Transient
@@ -59,16 +59,17 @@ class RunContext:
     crash: CrashHook
     credentials: Mapping[str, MailboxEntry]
     options: PassOptions = field(default_factory=lambda: PassOptions())
+    sessions: SessionBudget = field(default_factory=SessionBudget)  # extra session pairs (engine/parallel.py)
 
 
 @dataclass(frozen=True)
 class PassOptions:
     """What a person asked of this run beyond copying (propagate deletions, re-match reset folders), and how
-    many session pairs one mailbox may use (the connections the run can spare, see cli/run.py)."""
+    many session pairs the whole run may hold at once (the fewer of the endpoints' max_connections)."""
 
     sync_deletes: bool = False
     rematch_folders: frozenset[str] = frozenset()
-    folder_sessions: int = 1  # session pairs per mailbox (engine/parallel.py)
+    connections: int = 1
 
 
 MailboxPass = Callable[["RunContext", MailboxRecord, Journal], list[str]]
@@ -230,11 +231,11 @@ def _copy_folders(ctx: RunContext, record: MailboxRecord, journal: Journal, src:
     # the same per-user limit.
     guesses = [_new_mail_guess(route, known) for route, _target in jobs]
     parallel = sum(1 for guess in guesses if guess) > 1 and sum(guesses) >= PARALLEL_FOLDERS_FROM
-    pairs = ctx.options.folder_sessions if parallel else 1
     source_login, target_login = logins_for(ctx.credentials, record)
     open_pair = opener(lambda: open_mailbox(ctx.source, source_login, write=False),
                        lambda: open_mailbox(ctx.target, target_login, write=True))
-    run_folders(folder_groups(jobs, largest_first=pairs > 1), pairs, (src, dst), open_pair, sync, folder_failed,
+    run_folders(folder_groups(jobs, largest_first=parallel), MAX_SESSIONS_PER_MAILBOX if parallel else 1,
+                ctx.sessions, (src, dst), open_pair, sync, folder_failed,
                 lambda pair: _count_server_waits(ctx, journal, *pair))
     return problems
 
