@@ -28,7 +28,7 @@ from migrator.store.db import (
     upgrade,
 )
 from migrator.store.records import JobRecord, Lease, PendingCopy, TargetFolderRecord, utcnow
-from migrator.store.schema import job, metadata
+from migrator.store.schema import job, mailbox, metadata
 from migrator.store.schema import ledger as ledger_table
 from migrator.store.work import (
     JOB_DONE,
@@ -186,6 +186,17 @@ def test_claim_follows_batch_order_and_owners_never_share(store: Engine) -> None
     assert len({first.id, second.id, third.id}) == 3
     assert first.state == JOB_RUNNING and first.attempts == 1
     assert claim(store, "worker-b", ("B01", "B02"), is_dead=alive) is None
+
+
+def test_within_a_batch_the_largest_mailboxes_are_claimed_first(store: Engine) -> None:
+    ids = make_jobs(store, 4, ("B01", "B02"))
+    sizes = {ids[0]: 10, ids[1]: 5_000, ids[2]: 9_000, ids[3]: 7}
+    with store.begin() as conn:
+        for mailbox_id, size in sizes.items():
+            conn.execute(update(mailbox).where(mailbox.c.id == mailbox_id).values(size=size))
+    claimed = [claim(store, f"worker-{n}", ("B01", "B02"), is_dead=alive) for n in range(4)]
+    assert [(c.batch_code, c.mailbox_id) for c in claimed if c] == [
+        ("B01", ids[2]), ("B01", ids[0]), ("B02", ids[1]), ("B02", ids[3])]
 
 
 def test_racing_owners_never_get_the_same_job(store: Engine) -> None:

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Select, bindparam, func, insert, select, upda
 
 from migrator.errors import LeaseLost
 from migrator.store.records import JobRecord, Lease, utcnow
-from migrator.store.schema import batch, checkpoint, event, job, plan
+from migrator.store.schema import batch, checkpoint, event, job, mailbox, plan
 
 JOB_PENDING, JOB_RUNNING, JOB_DONE, JOB_FAILED = "pending", "running", "done", "failed"
 
@@ -94,10 +94,14 @@ def _job_query(plan_name: str, stage: str, codes: Sequence[str]) -> Select[Any]:
 
 def claim_job(conn: Connection, owner: str, plan_name: str, stage: str, codes: Sequence[str], ttl: int,
               is_dead: Callable[[str], bool] = owner_is_dead_local_process) -> JobRecord | None:
-    """Lease the next runnable job: pending, or running under an expired lease or a dead local worker."""
+    """Lease the next runnable job: pending, or running under an expired lease or a dead local worker. Batches
+    in order, and within one the largest mailboxes (by the inventory) first: a batch then ends on its small
+    ones instead of waiting for one large mailbox started last (longest job first keeps a batch's length
+    within 4/3 of the best order's)."""
     now = utcnow()
-    candidates = conn.execute(_job_query(plan_name, stage, codes)
-                              .where(job.c.state.in_([JOB_PENDING, JOB_RUNNING])).order_by(batch.c.code, job.c.id))
+    candidates = conn.execute(_job_query(plan_name, stage, codes).join(mailbox, mailbox.c.id == job.c.mailbox_id)
+                              .where(job.c.state.in_([JOB_PENDING, JOB_RUNNING]))
+                              .order_by(batch.c.code, mailbox.c.size.desc(), job.c.id))
     for row in candidates:
         if row.state == JOB_RUNNING and row.lease_owner and not (
                 (row.lease_expires_at and row.lease_expires_at < now) or is_dead(row.lease_owner)):
