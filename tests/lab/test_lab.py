@@ -303,7 +303,7 @@ def test_cpu_seconds_count_sessions_that_ended(lab_root: Path) -> None:
             client.select_folder("INBOX")
             assert len(client.fetch(client.search(), ["BODY.PEEK[]"])) == 300
         after = server.cpu_seconds()  # the imap process, live, ended or reaped, counts
-        assert after > before > 0
+        assert after > before >= 0  # a server just started may not have used a clock tick (10 ms) yet
         assert server.cpu_seconds() >= after
 
 
