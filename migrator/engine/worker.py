@@ -97,7 +97,7 @@ def run_mailbox_pass(ctx: RunContext, record: MailboxRecord, journal: Journal) -
             count_wait(ctx, journal, ctx.source_pacer.acquire(0, 0) + ctx.target_pacer.acquire(0, 0))
             with open_mailbox(ctx.source, source_login, write=False) as src:
                 try:
-                    return _copy_mailbox(ctx, record, journal, src, target_login)
+                    return _copy_mailbox(ctx, record, journal, src, (source_login, target_login))
                 finally:
                     _count_server_waits(ctx, journal, src)
     raise AssertionError("unreachable: tenacity re-raises the last failure")
@@ -130,7 +130,7 @@ def _sleep_unless_stopped(stop: threading.Event, seconds: float) -> None:
 
 
 def _copy_mailbox(ctx: RunContext, record: MailboxRecord, journal: Journal, src: Mailbox,
-                  target_login: Login) -> list[str]:
+                  logins: tuple[Login, Login]) -> list[str]:
     """The source is asked first, the target only where there is something to do: in a delta pass most
     mailboxes have nothing new, and a session on the target (a login, a folder list; tokens, TLS and
     throttled requests for a hosted one) then costs the cutover window for nothing."""
@@ -139,9 +139,9 @@ def _copy_mailbox(ctx: RunContext, record: MailboxRecord, journal: Journal, src:
         known = _Known.read(conn, record, ctx.config.filters)
     if _source_unchanged(ctx, journal, src, source_folders, known):
         return []
-    with open_mailbox(ctx.target, target_login, write=True) as dst:
+    with open_mailbox(ctx.target, logins[1], write=True) as dst:
         try:
-            return _copy_folders(ctx, record, journal, src, dst, source_folders, known)
+            return _copy_folders(ctx, record, journal, src, dst, source_folders, known, logins)
         finally:
             _count_server_waits(ctx, journal, dst)
 
@@ -175,7 +175,7 @@ def _source_unchanged(ctx: RunContext, journal: Journal, src: Mailbox, source_fo
 
 
 def _copy_folders(ctx: RunContext, record: MailboxRecord, journal: Journal, src: Mailbox, dst: Mailbox,
-                  source_folders: Sequence[FolderInfo], known: _Known) -> list[str]:
+                  source_folders: Sequence[FolderInfo], known: _Known, logins: tuple[Login, Login]) -> list[str]:
     target_folders = dst.list_folders(sizes=False)
     separator = next((f.separator for f in target_folders if f.separator), None)
     routes = route_folders(source_folders, target_folders, separator, ctx.config.mapping.folders,
@@ -231,9 +231,8 @@ def _copy_folders(ctx: RunContext, record: MailboxRecord, journal: Journal, src:
     # the same per-user limit.
     guesses = [_new_mail_guess(route, known) for route, _target in jobs]
     parallel = sum(1 for guess in guesses if guess) > 1 and sum(guesses) >= PARALLEL_FOLDERS_FROM
-    source_login, target_login = logins_for(ctx.credentials, record)
-    open_pair = opener(lambda: open_mailbox(ctx.source, source_login, write=False),
-                       lambda: open_mailbox(ctx.target, target_login, write=True))
+    open_pair = opener(lambda: open_mailbox(ctx.source, logins[0], write=False),
+                       lambda: open_mailbox(ctx.target, logins[1], write=True))
     run_folders(folder_groups(jobs, largest_first=parallel), MAX_SESSIONS_PER_MAILBOX if parallel else 1,
                 ctx.sessions, (src, dst), open_pair, sync, folder_failed,
                 lambda pair: _count_server_waits(ctx, journal, *pair))
