@@ -44,9 +44,9 @@ def test_quota_full_blocks_that_mailbox_only_and_a_later_run_finishes(lab: Lab) 
     small, large = sorted(sizes, key=sizes.__getitem__)
     assert sizes[large] > sizes[small] * 1.05, sizes
     restart_target(lab, quota=f"{(sizes[small] + sizes[large]) // 2 // 1024}K")
-    # One session pair per mailbox: Dovecot checks the quota per APPEND transaction, so two sessions of one
-    # user appending at once can both pass the check and end above it (engine/parallel.py).
-    lab.write_config("[throttle.source]\nmax_connections = 2\n[throttle.target]\nmax_connections = 2\n")
+    # Connections enough for several session pairs per mailbox: the one that does not fit must still copy on
+    # one (two sessions appending at once can both pass Dovecot's per-transaction quota check).
+    lab.write_config("[throttle.source]\nmax_connections = 8\n[throttle.target]\nmax_connections = 8\n")
     check = lab.migrator("check", "--all", expect=1).stdout
     assert "fits" in check and "DOES NOT FIT: raise the target quota" in check
     result = lab.migrator("run", "plans/wave1.yaml", "--stage", "prestage", expect=1)
@@ -54,6 +54,7 @@ def test_quota_full_blocks_that_mailbox_only_and_a_later_run_finishes(lab: Lab) 
     jobs = {j["mailbox"]: j for j in json.loads(lab.migrator("status", "--json", expect=0).stdout)["jobs"]}
     assert jobs[large]["state"] == "failed" and jobs[large]["error_kind"] == "quota"
     assert jobs[small]["state"] == "done"
+    assert any("one session pair" in message for message in events(lab, "quota-near"))
     lab.assert_no_duplicates()
     restart_target(lab, quota="1G")
     lab.migrator("run", "plans/wave1.yaml", "--stage", "prestage")

@@ -44,6 +44,9 @@ MAX_ATTEMPTS = 5
 # New messages a mailbox must have (by the guess of _new_mail_guess) for its pass to open more session
 # pairs than one: below that, one pair copies them in about the time two more logins take.
 PARALLEL_FOLDERS_FROM = 200
+# Free quota a pass needs, as a multiple of the size its new mail is guessed at, to copy on several session
+# pairs (_quota_has_room): the guess uses the mailbox's average message size, not the new messages' own.
+QUOTA_MARGIN = 1.25
 
 
 @dataclass(frozen=True)
@@ -230,13 +233,32 @@ def _copy_folders(ctx: RunContext, record: MailboxRecord, journal: Journal, src:
     # log in to both servers again and again, taking connections from the user's own mail clients under
     # the same per-user limit.
     guesses = [_new_mail_guess(route, known) for route, _target in jobs]
-    parallel = sum(1 for guess in guesses if guess) > 1 and sum(guesses) >= PARALLEL_FOLDERS_FROM
+    parallel = (sum(1 for guess in guesses if guess) > 1 and sum(guesses) >= PARALLEL_FOLDERS_FROM
+                and _quota_has_room(journal, record, dst, sum(guesses)))
     open_pair = opener(lambda: open_mailbox(ctx.source, logins[0], write=False),
                        lambda: open_mailbox(ctx.target, logins[1], write=True))
     run_folders(folder_groups(jobs, largest_first=parallel), MAX_SESSIONS_PER_MAILBOX if parallel else 1,
                 ctx.sessions, (src, dst), open_pair, sync, folder_failed,
                 lambda pair: _count_server_waits(ctx, journal, *pair))
     return problems
+
+
+def _quota_has_room(journal: Journal, record: MailboxRecord, dst: Mailbox, new_messages: int) -> bool:
+    """Whether the target's quota leaves room for the pass's new mail with QUOTA_MARGIN to spare (or it has
+    none). A server checks its quota per APPEND against what is committed, so two sessions of one user
+    appending at once both pass the check and the mailbox ends above its quota, where the user's new mail
+    is refused after cutover. A mailbox near its quota is copied on one session pair: its last APPEND is
+    refused ("quota full", the job fails and says so) instead."""
+    quota = dst.quota()
+    if quota is None:
+        return True
+    used, limit = quota
+    expected = new_messages * record.size // max(1, record.messages)  # at the inventory's average size
+    if limit - used >= expected * QUOTA_MARGIN:
+        return True
+    journal.event("quota-near", f"one session pair: the target quota has {max(0, limit - used)} bytes free "
+                                f"for about {expected} bytes of new mail")
+    return False
 
 
 def _new_mail_guess(route: FolderRoute, known: _Known) -> int:
