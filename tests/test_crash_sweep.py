@@ -31,10 +31,15 @@ TINY = CorpusSpec(messages_per_mailbox=6, large_attachments=0, include_cpython_s
 SPREAD = 8
 
 
-def change_flags_and_add(lab: Lab) -> None:
+def source_client(lab: Lab) -> IMAPClient:
     user = lab.pairs[0][0]
-    with IMAPClient(lab.source.host, lab.source.port, ssl=False) as client:
-        client.login(user.name, user.password)
+    client = IMAPClient(lab.source.host, lab.source.port, ssl=False)
+    client.login(user.name, user.password)
+    return client
+
+
+def change_flags_and_add(lab: Lab) -> None:
+    with source_client(lab) as client:
         for folder in ("INBOX", "Projects.2026", "Références"):
             client.select_folder(folder)
             uids = sorted(client.search("ALL"))
@@ -43,10 +48,38 @@ def change_flags_and_add(lab: Lab) -> None:
                           (b"\\Flagged",))
 
 
+def refile(client: IMAPClient, source: str, destination: str, count: int | None = None) -> None:
+    """Append to `destination` the first `count` messages of `source` (all by default): same bytes, flags
+    (but \\Recent, which no client may set) and date."""
+    client.select_folder(source, readonly=True)
+    fetched = client.fetch(sorted(client.search("ALL"))[:count], [b"BODY.PEEK[]", b"FLAGS", b"INTERNALDATE"])
+    for data in list(fetched.values()):
+        flags = [flag for flag in data[b"FLAGS"] if flag != b"\\Recent"]
+        client.append(destination, data[b"BODY[]"], flags, data[b"INTERNALDATE"])
+
+
+MERGED = {"Projects.2026": "INBOX"}  # [mapping] folders of the merge scenarios
+
+
+def duplicate_into_merged(lab: Lab) -> None:
+    """Two INBOX messages also in Projects.2026: the merged target folder gets two identical copies."""
+    with source_client(lab) as client:
+        refile(client, "INBOX", "Projects.2026", 2)
+
+
+def cross_deliver_merged(lab: Lab) -> None:
+    """New mail arrives during the outage: each of the two merged folders gets a copy of every message of
+    the other (a message delivered twice and filed twice is common), so that on resume a folder whose
+    open intents are settled meets the other folder's new, identical copies made by the same pass."""
+    with source_client(lab) as client:
+        client.select_folder("INBOX", readonly=True)
+        inbox = len(client.search("ALL"))
+        refile(client, "Projects.2026", "INBOX")
+        refile(client, "INBOX", "Projects.2026", inbox)
+
+
 def delete_some(lab: Lab) -> None:
-    user = lab.pairs[0][0]
-    with IMAPClient(lab.source.host, lab.source.port, ssl=False) as client:
-        client.login(user.name, user.password)
+    with source_client(lab) as client:
         for folder in ("INBOX", "Sent", "Привет мир"):
             client.select_folder(folder)
             client.delete_messages(sorted(client.search("ALL"))[:2])
@@ -60,6 +93,9 @@ class Scenario:
     before: Callable[[Lab], None] | None = None
     target_options: tuple[tuple[str, object], ...] = ()
     keeps_deleted: bool = False
+    setup: Callable[[Lab], None] | None = None  # on the source, before discovery
+    folders: dict[str, str] | None = None  # [mapping] folders
+    outage: Callable[[Lab], None] | None = None  # on the source, between the crash and the resume
 
 
 SCENARIOS = [
@@ -68,14 +104,20 @@ SCENARIOS = [
     Scenario("delta-flags-and-new", ("--stage", "delta"), before=change_flags_and_add),
     Scenario("delta-sync-deletes", ("--stage", "delta", "--sync-deletes"), before=delete_some),
     Scenario("delta-keep-deletes", ("--stage", "delta"), before=delete_some, keeps_deleted=True),
+    Scenario("prestage-merged-folders", ("--stage", "prestage"), setup=duplicate_into_merged, folders=MERGED),
+    Scenario("prestage-merged-mail-arrives", ("--stage", "prestage"), folders=MERGED, outage=cross_deliver_merged),
 ]
 
 
 @contextmanager
 def prepared(root: Path, scenario: Scenario) -> Iterator[Lab]:
     """Fresh servers and state, one mailbox, planned, and (for delta scenarios) copied once and changed."""
-    with running_lab(root, TINY, **dict(scenario.target_options)) as lab:
+    mapping = "".join(f'"{source}" = "{target}"\n' for source, target in (scenario.folders or {}).items())
+    with running_lab(root, TINY, config_extra=f"[mapping.folders]\n{mapping}" if mapping else "",
+                     **dict(scenario.target_options)) as lab:
         lab.pairs = lab.pairs[:1]
+        if scenario.setup is not None:
+            scenario.setup(lab)
         lab.prepare()
         if scenario.before is not None:
             lab.migrator("run", "plans/wave1.yaml", "--stage", "prestage")
@@ -89,12 +131,24 @@ def run_counting_steps(lab: Lab, scenario: Scenario, steps_file: Path) -> int:
     return int(steps_file.read_text())
 
 
+def mapped_folder(folder: str, folders: dict[str, str]) -> str:
+    """Where [mapping] folders puts a source folder: a mapped folder's subfolders move with it."""
+    for source, target in folders.items():
+        if folder == source or folder.startswith(source + "."):
+            return "/".join([target, *folder[len(source):].split(".")[1:]])
+    return expected_target_folder(folder)
+
+
 def check(lab: Lab, scenario: Scenario) -> tuple[int, int]:
-    """(lost, duplicated) messages, comparing source and target folder by folder."""
+    """(lost, duplicated) messages, comparing each target folder with the source folders mapped to it."""
     lost = duplicated = 0
     for source, target in lab.snapshots():
+        wanted: dict[str, Counter[object]] = {}
         for folder, messages in source.items():
-            have, want = Counter(target.get(expected_target_folder(folder), [])), Counter(messages)
+            mapped = mapped_folder(folder, scenario.folders or {})
+            wanted.setdefault(mapped, Counter()).update(messages)
+        for mapped, want in wanted.items():
+            have = Counter(target.get(mapped, []))
             lost += sum((want - have).values())
             extra = have - want
             duplicated += sum(extra.values()) if not scenario.keeps_deleted else sum(
@@ -129,6 +183,8 @@ def test_crash_at_step_k_then_resume(scenario: Scenario, dovecot: None, lab_root
             crashed = lab.migrator("run", "plans/wave1.yaml", *scenario.stage_args, "--workers", "1", expect=None)
             assert crashed.returncode == -9, f"step {k} of {total} did not crash: {crashed.stderr}"
             del lab.env["MIGRATOR_TEST_CRASH_AT"]
+            if scenario.outage is not None:
+                scenario.outage(lab)
             lab.migrator("run", "plans/wave1.yaml", *scenario.stage_args)
             lost, duplicated = check(lab, scenario)
             assert (lost, duplicated) == (0, 0), f"{scenario.name}: crash at step {k}/{total}: lost {lost}, " \
