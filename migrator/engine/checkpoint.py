@@ -68,6 +68,8 @@ class Journal:
         self._pending_lock = threading.Lock()
         self._cursors: dict[str, tuple[str, str, str]] = {}  # folder -> (key, cursor, basis), not yet written
         self._folders: dict[str, TargetFolderRecord] = {}  # target folders' keys, not yet written
+        self._done: dict[int, str] = {}  # done rows (ledger id -> target id), not yet written
+        self._done_size = 0
 
     def throttled(self, seconds: float) -> None:
         """Seconds this pass waited for a server's throttling (any thread): kept with the next done rows."""
@@ -95,18 +97,30 @@ class Journal:
         if self.stop.is_set():
             raise Interrupted("stop requested: in-flight work is recorded; re-run the same command to resume")
 
-    def intents(self, copies: Sequence[PendingCopy], done: Mapping[int, str] | None = None, done_size: int = 0
-                ) -> list[int]:
-        """Intent rows for `copies`; with `done`, the done rows of an earlier batch in the same transaction (a
-        batch then costs one commit, one fsync on SQLite, instead of two)."""
-        def write(conn: Connection) -> list[int]:
-            if done:
-                self._record_done(conn, done, done_size)
-            return ledger.record_intents(conn, self.lease, self.mailbox_id, self.checkpoint_id, copies)
-        return self._commit(write)
+    def intents(self, copies: Sequence[PendingCopy]) -> list[int]:
+        """Intent rows for `copies` (with the kept done rows, cursors and folders: write_pending)."""
+        return self._commit(lambda conn: ledger.record_intents(conn, self.lease, self.mailbox_id,
+                                                                self.checkpoint_id, copies))
 
     def done(self, target_ids: Mapping[int, str], size: int) -> None:
         self._commit(lambda conn: self._record_done(conn, target_ids, size))
+
+    def done_later(self, target_ids: Mapping[int, str], size: int) -> None:
+        """Keep done rows of copies whose ids the target named, for the next commit of this pass (any folder's
+        next intents, or the pass's last write). A batch, and a folder of one batch, then costs one commit
+        (one fsync on SQLite, taken in turn by every worker) instead of two: a delta pass's folders each
+        hold a batch. Safe: a crash before that commit leaves open intents, which the next pass settles by
+        searching the target, as for an APPEND in flight."""
+        with self._pending_lock:
+            self._done.update(target_ids)
+            self._done_size += size
+
+    def flush(self) -> None:
+        """Write what is kept (done rows, cursors, folders) now, where a read must find it in the ledger."""
+        with self._pending_lock:
+            kept = bool(self._done or self._cursors or self._folders)
+        if kept:
+            self._commit(lambda conn: None)
 
     def _record_done(self, conn: Connection, target_ids: Mapping[int, str], size: int) -> None:
         ledger.record_done(conn, self.lease, target_ids)
@@ -165,10 +179,15 @@ class Journal:
             self._folders[record.path] = record
 
     def write_pending(self, conn: Connection) -> None:
-        """The kept cursors and target folders not yet written, in the caller's transaction."""
+        """The kept done rows, cursors and target folders not yet written, in the caller's transaction. Done
+        rows first: a cursor says every change up to it is recorded."""
         with self._pending_lock:
             cursors, self._cursors = self._cursors, {}
             folders, self._folders = self._folders, {}
+            done, self._done = self._done, {}
+            done_size, self._done_size = self._done_size, 0
+        if done:
+            self._record_done(conn, done, done_size)
         for folder, (folder_key, cursor, basis) in cursors.items():
             ledger.keep_cursor(conn, self.lease, self.mailbox_id, folder, folder_key, cursor, basis)
         for record in folders.values():

@@ -1,12 +1,13 @@
 """Copying one folder's batches to the target: intents, APPEND, done rows; intent before effect.
 
 Where the target names the id each APPEND got (UIDPLUS, Graph), one APPEND is in flight in a thread of its
-own while this thread commits the next batch's intents together with the last batch's done rows (the
-journal writes done rows with its next commit: one transaction per batch): the ledger's commits then cost
-none of the target's time, and the target's APPEND path is what limits a pass. At a crash at most three
-batches have open intents (one acknowledged but not yet recorded, the one being appended and the next),
-which the next pass settles like one. Where it does not, copies are found by their tags right after each
-APPEND on the same session, so nothing overlaps.
+own while this thread commits the next batch's intents together with the done rows acknowledged so far
+(the journal keeps done rows for the pass's next commit, whichever folder's: one transaction per batch,
+and per folder of one batch): the ledger's commits then cost none of the target's time, and the target's
+APPEND path is what limits a pass. At a crash the open intents are the batch being appended, the next,
+and those acknowledged since the pass's last commit (at most one a folder), which the next pass settles
+like any. Where it does not, copies are found by their tags right after each APPEND on the same session,
+so nothing overlaps.
 
 Every batch's intents carry the watermark read before the pass's first APPEND to the folder: the mark is
 an opaque lower bound ("messages appended after it can be told apart"), and the target's session is busy
@@ -53,8 +54,6 @@ class FolderCopier:
         self._inflight: tuple[Future[AppendResults], _Batch] | None = None
         self._watermark: str | None = None
         self._watermark_read = False
-        self._done: dict[int, str] = {}  # acknowledged copies whose done rows go with the next intents
-        self._done_size = 0
 
     def __enter__(self) -> FolderCopier:
         return self
@@ -66,8 +65,6 @@ class FolderCopier:
                 self._collect()
         finally:
             self._abandon()
-            if self._done:
-                self.journal.done(*self._take_done())
 
     def copy(self, messages: Sequence[RawMessage]) -> None:
         """Record the batch's intents, then hand it to the target (after the APPEND in flight, if any)."""
@@ -89,19 +86,7 @@ class FolderCopier:
             assert self._pool is not None
             self._inflight = (self._pool.submit(self.dst.append, self.target, batch.messages), batch)
         if finished is not None:
-            self._record(*finished, record_done=self._keep_done)
-
-    def _keep_done(self, target_ids: Mapping[int, str], size: int) -> None:
-        """A clean APPEND's done rows (every copy's id known) are written with the next batch's intents, one
-        transaction per batch instead of two. Safe: a crash before it leaves open intents, which the next pass
-        settles by searching the target, as for a batch in flight."""
-        self._done.update(target_ids)
-        self._done_size += size
-
-    def _take_done(self) -> tuple[dict[int, str], int]:
-        done, size = self._done, self._done_size
-        self._done, self._done_size = {}, 0
-        return done, size
+            self._record(*finished)
 
     def _intents(self, messages: Sequence[RawMessage]) -> _Batch:
         limit = self._limit
@@ -109,8 +94,7 @@ class FolderCopier:
         if sendable and not self._watermark_read:
             self._watermark = self.dst.watermark(self.target)  # nothing is in flight before the first APPEND
             self._watermark_read = True
-        ids = self.journal.intents([_pending(self.folder, self.target, m, self._watermark) for m in messages],
-                                   *self._take_done())
+        ids = self.journal.intents([_pending(self.folder, self.target, m, self._watermark) for m in messages])
         ledger_ids = dict(zip([m.ref.id for m in messages], ids, strict=True))
         for message in messages:
             if limit is not None and len(message.body) > limit:
@@ -134,9 +118,10 @@ class FolderCopier:
             results = exc
         return results, batch
 
-    def _record(self, results: AppendResults | ItemFailed, batch: _Batch, record_done: DoneRows | None = None) -> None:
+    def _record(self, results: AppendResults | ItemFailed, batch: _Batch) -> None:
+        """A clean APPEND's done rows (every copy's id known) go with the pass's next commit (Journal.done_later)."""
         _recorded(self.ctx, self.journal, self.dst, self.folder, self.target, batch.messages, batch.ledger_ids,
-                  results, self._watermark, record_done or self.journal.done)
+                  results, self._watermark, self.journal.done_later if _clean(results) else self.journal.done)
 
     def _collect(self) -> None:
         finished = self._wait()

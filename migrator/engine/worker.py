@@ -491,6 +491,7 @@ def settle_intents(ctx: RunContext, record: MailboxRecord, journal: Journal, dst
         watermarks = [int(e.watermark) for e in group if e.watermark and e.watermark.isdigit()]
         since = str(min(watermarks)) if len(watermarks) == len(group) else None
         found = dst.find_tagged(folder, [CopyTag(e.digest, e.size) for e in group], since)
+        journal.flush()  # done rows kept for the next commit claim copies too (another folder merged into this one)
         with reading(ctx.engine) as conn:
             claimed = ledger.claimed_target_ids(conn, record.id, path, folder.key)
         outcome = diff.settle(group, found, claimed)
