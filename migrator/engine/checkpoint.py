@@ -1,4 +1,7 @@
-"""The journal of one mailbox pass: every ledger write of a job goes through here, in its own transaction.
+"""The journal of one mailbox pass: every ledger write of a job goes through here, in its own transaction,
+or, for records of effects that a lost record only makes the next pass redo or settle (done rows, flags,
+cursors, target folders' keys), kept for the pass's next transaction: a commit is an fsync that every
+worker takes in turn.
 
 It is the one place for three cross-cutting concerns: the job lease (re-checked by every write), the
 stop request (SIGTERM/SIGINT: checked between batches, never inside one), and the crash hook that the
@@ -70,6 +73,8 @@ class Journal:
         self._folders: dict[str, TargetFolderRecord] = {}  # target folders' keys, not yet written
         self._done: dict[int, str] = {}  # done rows (ledger id -> target id), not yet written
         self._done_size = 0
+        self._flags: dict[int, frozenset[str]] = {}  # flags set on copies (ledger id -> flags), not yet written
+        self._flag_updates = 0
 
     def throttled(self, seconds: float) -> None:
         """Seconds this pass waited for a server's throttling (any thread): kept with the next done rows."""
@@ -116,9 +121,9 @@ class Journal:
             self._done_size += size
 
     def flush(self) -> None:
-        """Write what is kept (done rows, cursors, folders) now, where a read must find it in the ledger."""
+        """Write what is kept (done rows, flags, cursors, folders) now, where a read must find it in the ledger."""
         with self._pending_lock:
-            kept = bool(self._done or self._cursors or self._folders)
+            kept = bool(self._done or self._flags or self._cursors or self._folders)
         if kept:
             self._commit(lambda conn: None)
 
@@ -141,11 +146,13 @@ class Journal:
             work.log_event(conn, "item-failed", message, self.mailbox_id, self.lease.job_id)
         self._commit(write)
 
-    def flags(self, flags: Mapping[int, frozenset[str]]) -> None:
-        def write(conn: Connection) -> None:
-            ledger.record_flags(conn, self.lease, flags)
-            work.add_to_checkpoint(conn, self.checkpoint_id, flag_updates=len(flags))
-        self._commit(write)
+    def flags_later(self, flags: Mapping[int, frozenset[str]]) -> None:
+        """Keep the flags just set on copies (by ledger id) for the next commit of this pass, as done rows are:
+        in a delta pass most folders change only flags, and each would cost a commit. Safe: a crash before
+        that commit leaves the ledger with the old flags, so the next pass sets the same flags again."""
+        with self._pending_lock:
+            self._flags.update(flags)
+            self._flag_updates += len(flags)
 
     def removed(self, ledger_ids: Sequence[int], reason: str) -> None:
         self._commit(lambda c: ledger.mark_removed(c, self.lease, ledger_ids, reason))
@@ -179,15 +186,20 @@ class Journal:
             self._folders[record.path] = record
 
     def write_pending(self, conn: Connection) -> None:
-        """The kept done rows, cursors and target folders not yet written, in the caller's transaction. Done
-        rows first: a cursor says every change up to it is recorded."""
+        """The kept done rows, flags, cursors and target folders not yet written, in the caller's transaction.
+        Done rows and flags first: a cursor says every change up to it is recorded."""
         with self._pending_lock:
             cursors, self._cursors = self._cursors, {}
             folders, self._folders = self._folders, {}
             done, self._done = self._done, {}
             done_size, self._done_size = self._done_size, 0
+            flags, self._flags = self._flags, {}
+            flag_updates, self._flag_updates = self._flag_updates, 0
         if done:
             self._record_done(conn, done, done_size)
+        if flags:
+            ledger.record_flags(conn, self.lease, flags)
+            work.add_to_checkpoint(conn, self.checkpoint_id, flag_updates=flag_updates)
         for folder, (folder_key, cursor, basis) in cursors.items():
             ledger.keep_cursor(conn, self.lease, self.mailbox_id, folder, folder_key, cursor, basis)
         for record in folders.values():

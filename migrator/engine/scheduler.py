@@ -138,18 +138,17 @@ def _worker_loop(ctx: RunContext, plan: Plan, stage: str, codes: Sequence[str],
                  records: dict[int, MailboxRecord], summary: RunSummary, mailbox_pass: MailboxPass) -> None:
     owner = work.worker_identity()
     while not ctx.stop.is_set():
-        with translate_db_errors(), ctx.engine.begin() as conn:
+        with translate_db_errors(), ctx.engine.begin() as conn:  # one commit: the job and its pass's checkpoint
             job = work.claim_job(conn, owner, plan.name, stage, codes, LEASE_SECONDS)
-        if job is None:
-            return
-        _run_job(ctx, job, Lease(job.id, owner, LEASE_SECONDS), records[job.mailbox_id], stage, summary,
-                 mailbox_pass)
+            if job is None:
+                return
+            lease = Lease(job.id, owner, LEASE_SECONDS)
+            checkpoint_id = work.open_checkpoint(conn, lease, job.mailbox_id, stage)
+        _run_job(ctx, job, lease, checkpoint_id, records[job.mailbox_id], summary, mailbox_pass)
 
 
-def _run_job(ctx: RunContext, job: JobRecord, lease: Lease, record: MailboxRecord, stage: str,
+def _run_job(ctx: RunContext, job: JobRecord, lease: Lease, checkpoint_id: int, record: MailboxRecord,
              summary: RunSummary, mailbox_pass: MailboxPass) -> None:
-    with translate_db_errors(), ctx.engine.begin() as conn:
-        checkpoint_id = work.open_checkpoint(conn, lease, record.id, stage)
     journal = Journal(ctx.engine, lease, record.id, checkpoint_id, ctx.stop, ctx.crash)
     state, kind, error, problems = work.JOB_DONE, None, None, []
     try:

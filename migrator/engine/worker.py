@@ -377,7 +377,7 @@ def _sync_folder(ctx: RunContext, record: MailboxRecord, journal: Journal, src: 
         _source_deletions(ctx, journal, dst, folder, target, actions.gone)
     if actions.flag_updates:
         dst.set_flags(target, {tid: flags for tid, flags in actions.flag_updates.values()})
-        journal.flags({lid: flags for lid, (_tid, flags) in actions.flag_updates.items()})
+        journal.flags_later({lid: flags for lid, (_tid, flags) in actions.flag_updates.items()})
         ctx.progress.add(flag_updates=len(actions.flag_updates))
     chunks = diff.chunk_refs(actions.copy, *batch_bounds(ctx.source_pacer, ctx.target_pacer, dst.capabilities()))
     with Prefetcher(src, folder, chunks, lambda chunk: _pace_source(ctx, journal, chunk), native) as batches, \
