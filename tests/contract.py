@@ -112,12 +112,12 @@ def test_find_tagged_finds_our_copies_only(contract: Contract) -> None:
 def test_set_flags_and_delete(contract: Contract) -> None:
     with open_mailbox(contract.endpoint, contract.login, write=True) as mailbox:
         folder, _ = mailbox.ensure_folder("Flags", None)
-        mailbox.append(folder, [message(BODY), message(BODY + b"x")])
-        first, second = mailbox.list_messages(folder)
-        mailbox.set_flags(folder, {first.id: frozenset({"\\Answered", "Later"})})
+        mailbox.append(folder, [message(BODY), message(BODY + b"x"), message(BODY + b"y", frozenset({"\\Seen"}))])
+        first, second, third = mailbox.list_messages(folder)
+        mailbox.set_flags(folder, {first.id: frozenset({"\\Answered", "Later"}), third.id: frozenset({"\\Flagged"})})
         mailbox.delete(folder, [second.id])
-        (remaining,) = mailbox.list_messages(folder)
-    assert remaining.id == first.id and remaining.flags == {"\\Answered", "Later"}
+        remaining = {ref.id: ref.flags for ref in mailbox.list_messages(folder)}
+    assert remaining == {first.id: {"\\Answered", "Later"}, third.id: {"\\Flagged"}}
 
 
 def test_changes_since_a_cursor_are_what_was_added_flagged_or_deleted(contract: Contract) -> None:
