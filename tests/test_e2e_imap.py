@@ -58,6 +58,29 @@ def test_delta_copies_new_mail_and_flag_changes(lab: Lab) -> None:
     assert all(j["state"] == "done" for j in status["jobs"])
 
 
+def test_a_delta_records_the_new_mail_of_several_folders_in_one_commit(lab: Lab) -> None:
+    """New mail that fits one batch, in several folders, is recorded in one transaction (FolderStage):
+    the intent rows of one commit share its timestamp. Before, each folder cost a commit of its own."""
+    from imapclient import IMAPClient
+
+    lab.prepare()
+    lab.migrator("run", "plans/wave1.yaml", "--stage", "prestage")
+    user = lab.pairs[0][0]
+    folders = ("INBOX", "Sent", "Projects", "Références")
+    with IMAPClient(lab.source.host, lab.source.port, ssl=False) as client:
+        client.login(user.name, user.password)
+        for folder in folders:
+            client.append(folder, f"From: a@b.example\r\nSubject: late in {folder}\r\n\r\nnew\r\n".encode())
+    delta = lab.migrator("run", "plans/wave1.yaml", "--stage", "delta")
+    assert f"copied {len(folders)} messages" in delta.stdout
+    lab.assert_exact_copy()
+    with sqlite3.connect(lab.project / "migrator.db") as conn:
+        rows = conn.execute("SELECT source_folder, state, created_at FROM ledger WHERE checkpoint_id IN "
+                            "(SELECT id FROM checkpoint WHERE stage = 'delta')").fetchall()
+    assert sorted(folder for folder, _state, _at in rows) == sorted(folders)
+    assert {state for _folder, state, _at in rows} == {"done"} and len({at for *_rest, at in rows}) == 1
+
+
 def test_a_delta_pass_lists_once_a_session_and_asks_only_changed_folders_more(lab: Lab) -> None:
     """With LIST-STATUS (RFC 5819) every folder's STATUS comes with the LIST: an unchanged folder costs a
     delta pass no command of its own, and the first APPEND's watermark is the STATUS the list read; a changed

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from migrator.connectors.base import Mailbox
 from migrator.engine.checkpoint import Journal
-from migrator.errors import ItemFailed
+from migrator.errors import FolderFailed, ItemFailed
 from migrator.model import CopyTag, FolderInfo, RawMessage
 from migrator.store.records import PendingCopy
 
@@ -71,7 +71,19 @@ class FolderCopier:
         if self.journal.stop.is_set():
             self._collect()  # what is in flight is recorded before the stop is honoured
         self.journal.check_stop()
-        batch = self._intents(messages)
+        self.send(messages, self.journal.intents(self.intents(messages)))
+
+    def intents(self, messages: Sequence[RawMessage]) -> list[PendingCopy]:
+        """The intent rows of a batch, for the caller to commit (alone: `copy`; with other folders' batches:
+        FolderStage.flush). Reads the target folder's watermark before the folder's first APPEND."""
+        if not self._watermark_read and any(self._limit is None or len(m.body) <= self._limit for m in messages):
+            self._watermark = self.dst.watermark(self.target)  # nothing is in flight before the first APPEND
+            self._watermark_read = True
+        return [_pending(self.folder, self.target, m, self._watermark) for m in messages]
+
+    def send(self, messages: Sequence[RawMessage], ids: Sequence[int]) -> None:
+        """Hand a batch whose intents are committed (ledger `ids`, in order) to the target."""
+        batch = self._accepted(messages, ids)
         if not self._pipelined:
             if batch.messages:
                 self._pace(batch)
@@ -88,19 +100,15 @@ class FolderCopier:
         if finished is not None:
             self._record(*finished)
 
-    def _intents(self, messages: Sequence[RawMessage]) -> _Batch:
+    def _accepted(self, messages: Sequence[RawMessage], ids: Sequence[int]) -> _Batch:
+        """The batch to send: messages over the target's size limit are refused (recorded as failed) instead."""
         limit = self._limit
-        sendable = [m for m in messages if limit is None or len(m.body) <= limit]
-        if sendable and not self._watermark_read:
-            self._watermark = self.dst.watermark(self.target)  # nothing is in flight before the first APPEND
-            self._watermark_read = True
-        ids = self.journal.intents([_pending(self.folder, self.target, m, self._watermark) for m in messages])
         ledger_ids = dict(zip([m.ref.id for m in messages], ids, strict=True))
         for message in messages:
             if limit is not None and len(message.body) > limit:
                 _refuse(self.ctx, self.journal, ledger_ids[message.ref.id], self.folder, message,
                         ItemFailed(f"{len(message.body)} bytes is over the target's limit of {limit}", "too-large"))
-        return _Batch(sendable, ledger_ids)
+        return _Batch([m for m in messages if limit is None or len(m.body) <= limit], ledger_ids)
 
     def _pace(self, batch: _Batch) -> None:
         waited = self.ctx.target_pacer.acquire(len(batch.messages), sum(len(m.body) for m in batch.messages))
@@ -133,6 +141,61 @@ class FolderCopier:
         open intents, which the next pass settles."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
+
+
+@dataclass(frozen=True)
+class StagedFolder:
+    folder: FolderInfo
+    target: FolderInfo
+    messages: Sequence[RawMessage]
+    then: Callable[[], None]  # the folder's pass once its copies are recorded (it keeps the folder's cursor)
+
+
+class FolderStage:
+    """Folders whose new mail fits one batch, copied together: their intents in one commit, then an APPEND
+    per folder. A delta pass finds a few new messages in many folders, and a commit each (an fsync that
+    every worker takes in turn) cost more than their APPENDs. Holds at most one batch's messages and bytes;
+    what is staged and not yet flushed is neither recorded nor sent, so a crash or a stop loses nothing."""
+
+    def __init__(self, ctx: RunContext, journal: Journal, dst: Mailbox, bounds: tuple[int, int],
+                 folder_failed: Callable[[FolderFailed], None]) -> None:
+        self.ctx, self.journal, self.dst, self.folder_failed = ctx, journal, dst, folder_failed
+        self._max_messages, self._max_bytes = bounds
+        self._staged: list[StagedFolder] = []
+        self._messages = self._bytes = 0
+
+    def room(self, messages: int, size: int) -> bool:
+        return self._messages + messages <= self._max_messages and self._bytes + size <= self._max_bytes
+
+    def add(self, staged: StagedFolder) -> None:
+        self._staged.append(staged)
+        self._messages += len(staged.messages)
+        self._bytes += sum(len(m.body) for m in staged.messages)
+
+    def flush(self) -> None:
+        """Copy what is staged; a FolderFailed goes to `folder_failed` and the other folders go on."""
+        staged, self._staged = self._staged, []
+        self._messages = self._bytes = 0
+        self.journal.check_stop()
+        ready: list[tuple[FolderCopier, StagedFolder, list[PendingCopy]]] = []
+        for entry in staged:
+            copier = FolderCopier(self.ctx, self.journal, self.dst, entry.folder, entry.target)
+            try:
+                ready.append((copier, entry, copier.intents(entry.messages)))  # reads the folder's watermark
+            except FolderFailed as exc:
+                self.folder_failed(exc)
+        if not ready:
+            return
+        ids = iter(self.journal.intents([row for _copier, _entry, rows in ready for row in rows]))
+        for copier, entry, rows in ready:
+            own = [next(ids) for _row in rows]
+            try:
+                with copier:
+                    copier.send(entry.messages, own)
+            except FolderFailed as exc:
+                self.folder_failed(exc)
+                continue
+            entry.then()
 
 
 def count_wait(ctx: RunContext, journal: Journal, seconds: float) -> None:

@@ -22,7 +22,7 @@ from migrator.config import Config, FilterConfig
 from migrator.connectors.base import Endpoint, Mailbox, open_mailbox
 from migrator.engine import diff
 from migrator.engine.checkpoint import CrashHook, Journal
-from migrator.engine.copier import FolderCopier, count_wait
+from migrator.engine.copier import FolderCopier, FolderStage, StagedFolder, count_wait
 from migrator.engine.mapping import FolderRoute, copied_folders, route_folders
 from migrator.engine.parallel import MAX_SESSIONS_PER_MAILBOX, SessionBudget, SessionPair, opener, run_folders
 from migrator.engine.prefetch import Prefetcher
@@ -220,26 +220,31 @@ def _copy_folders(ctx: RunContext, record: MailboxRecord, journal: Journal, src:
         except FolderFailed as exc:
             folder_failed(exc)
 
+    # Extra session pairs are opened only where two folders or more may have mail to copy, and more of it
+    # than one pair copies in the time the others take to log in: a delta pass that finds little must not
+    # log in to both servers again and again, taking connections from the user's own mail clients under
+    # the same per-user limit. On one pair, folders with little new mail are copied together (FolderStage).
+    guesses = [_new_mail_guess(route, known) for route, _target in jobs]
+    parallel = (sum(1 for guess in guesses if guess) > 1 and sum(guesses) >= PARALLEL_FOLDERS_FROM
+                and _quota_has_room(journal, record, dst, sum(guesses)))
+    stage = None if parallel else FolderStage(ctx, journal, dst, batch_bounds(ctx.source_pacer, ctx.target_pacer,
+                                                                              dst.capabilities()), folder_failed)
+
     def sync(pair: SessionPair, group: list[tuple[FolderRoute, FolderInfo]]) -> None:
         for route, target in group:
             journal.check_stop()
             try:
-                _sync_folder(ctx, record, journal, pair[0], pair[1], route.source, target, known, native)
+                _sync_folder(ctx, record, journal, pair[0], pair[1], route.source, target, known, native, stage)
             except FolderFailed as exc:  # the group's other folders go on
                 folder_failed(exc)
 
-    # Extra session pairs are opened only where two folders or more may have mail to copy, and more of it
-    # than one pair copies in the time the others take to log in: a delta pass that finds little must not
-    # log in to both servers again and again, taking connections from the user's own mail clients under
-    # the same per-user limit.
-    guesses = [_new_mail_guess(route, known) for route, _target in jobs]
-    parallel = (sum(1 for guess in guesses if guess) > 1 and sum(guesses) >= PARALLEL_FOLDERS_FROM
-                and _quota_has_room(journal, record, dst, sum(guesses)))
     open_pair = opener(lambda: open_mailbox(ctx.source, logins[0], write=False),
                        lambda: open_mailbox(ctx.target, logins[1], write=True))
     run_folders(folder_groups(jobs, largest_first=parallel), MAX_SESSIONS_PER_MAILBOX if parallel else 1,
                 ctx.sessions, (src, dst), open_pair, sync, folder_failed,
                 lambda pair: _count_server_waits(ctx, journal, *pair))
+    if stage is not None:
+        stage.flush()
     return problems
 
 
@@ -341,11 +346,13 @@ class _Known:
 
 
 def _sync_folder(ctx: RunContext, record: MailboxRecord, journal: Journal, src: Mailbox, dst: Mailbox,
-                 folder: FolderInfo, target: FolderInfo, known: _Known, native: str | None) -> None:
+                 folder: FolderInfo, target: FolderInfo, known: _Known, native: str | None,
+                 stage: FolderStage | None) -> None:
     """`native` is the format both ends share, if any (messages the source cannot export so still come as
     MIME). A folder with no open intent and no row of another UIDVALIDITY needs no row to settle or check;
     if the source then says nothing changed since the cursor the last pass kept, the ledger already holds
-    everything that pass acted on and none of its rows is read."""
+    everything that pass acted on and none of its rows is read. New mail that fits one batch goes to
+    `stage`, where given (copied with other folders' by its flush)."""
     states = known.states.get(folder.path, {})
     entries: list[LedgerEntry] | None = None
     if _needs_rows(folder, states):
@@ -379,15 +386,27 @@ def _sync_folder(ctx: RunContext, record: MailboxRecord, journal: Journal, src: 
         dst.set_flags(target, {tid: flags for tid, flags in actions.flag_updates.values()})
         journal.flags_later({lid: flags for lid, (_tid, flags) in actions.flag_updates.items()})
         ctx.progress.add(flag_updates=len(actions.flag_updates))
+
+    def keep_cursor() -> None:
+        # Every change up to the cursor is acted on: the next pass starts there. Not while source deletions
+        # wait for --sync-deletes: the next pass must see them again.
+        if cursor is not None and cursor != kept and not (actions.gone and not ctx.options.sync_deletes):
+            journal.cursor(folder.path, key, cursor, basis)
+
     chunks = diff.chunk_refs(actions.copy, *batch_bounds(ctx.source_pacer, ctx.target_pacer, dst.capabilities()))
+    if stage is not None and len(chunks) == 1:
+        if not stage.room(len(chunks[0]), sum(ref.size for ref in chunks[0])):
+            stage.flush()
+        _pace_source(ctx, journal, chunks[0])
+        stage.add(StagedFolder(folder, target, list(src.fetch(folder, chunks[0], native=native)), keep_cursor))
+        return
+    if stage is not None and chunks:
+        stage.flush()  # what was staged goes first: this folder's APPENDs take the target's session
     with Prefetcher(src, folder, chunks, lambda chunk: _pace_source(ctx, journal, chunk), native) as batches, \
             FolderCopier(ctx, journal, dst, folder, target) as copier:
         for messages in batches:
             copier.copy(messages)
-    # Every change up to the cursor is acted on: the next pass starts there. Not while source deletions
-    # wait for --sync-deletes: the next pass must see them again.
-    if cursor is not None and cursor != kept and not (actions.gone and not ctx.options.sync_deletes):
-        journal.cursor(folder.path, key, cursor, basis)
+    keep_cursor()
 
 
 def _needs_rows(folder: FolderInfo, states: Mapping[tuple[str, str], int]) -> bool:
