@@ -74,7 +74,6 @@ class Journal:
         self._done: dict[int, str] = {}  # done rows (ledger id -> target id), not yet written
         self._done_size = 0
         self._flags: dict[int, frozenset[str]] = {}  # flags set on copies (ledger id -> flags), not yet written
-        self._flag_updates = 0
 
     def throttled(self, seconds: float) -> None:
         """Seconds this pass waited for a server's throttling (any thread): kept with the next done rows."""
@@ -152,7 +151,6 @@ class Journal:
         that commit leaves the ledger with the old flags, so the next pass sets the same flags again."""
         with self._pending_lock:
             self._flags.update(flags)
-            self._flag_updates += len(flags)
 
     def removed(self, ledger_ids: Sequence[int], reason: str) -> None:
         self._commit(lambda c: ledger.mark_removed(c, self.lease, ledger_ids, reason))
@@ -194,12 +192,11 @@ class Journal:
             done, self._done = self._done, {}
             done_size, self._done_size = self._done_size, 0
             flags, self._flags = self._flags, {}
-            flag_updates, self._flag_updates = self._flag_updates, 0
         if done:
             self._record_done(conn, done, done_size)
         if flags:
             ledger.record_flags(conn, self.lease, flags)
-            work.add_to_checkpoint(conn, self.checkpoint_id, flag_updates=flag_updates)
+            work.add_to_checkpoint(conn, self.checkpoint_id, flag_updates=len(flags))
         for folder, (folder_key, cursor, basis) in cursors.items():
             ledger.keep_cursor(conn, self.lease, self.mailbox_id, folder, folder_key, cursor, basis)
         for record in folders.values():
