@@ -138,6 +138,7 @@ def _copy_mailbox(ctx: RunContext, record: MailboxRecord, journal: Journal, src:
     mailboxes have nothing new, and a session on the target (a login, a folder list; tokens, TLS and
     throttled requests for a hosted one) then costs the cutover window for nothing."""
     source_folders = src.list_folders(sizes=False)
+    journal.flush()  # what a failed attempt kept (done rows, flags) is in the ledger this attempt reads
     with reading(ctx.engine) as conn:
         known = _Known.read(conn, record, ctx.config.filters)
     if _source_unchanged(ctx, journal, src, source_folders, known):
