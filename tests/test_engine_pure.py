@@ -15,6 +15,7 @@ from migrator.engine.worker import (
     CHUNK_BYTES,
     CHUNK_MESSAGES,
     CHUNK_MESSAGES_ONE_BY_ONE,
+    FolderJob,
     batch_bounds,
     folder_groups,
 )
@@ -290,14 +291,15 @@ def test_chunk_refs_property(sizes: list[int], max_count: int, max_bytes: int) -
 
 def test_folders_that_share_a_target_folder_are_one_work_item_largest_first() -> None:
     """Two source folders mapped into one target folder never run on two session pairs at once."""
-    def job(source: str, messages: int, target: str) -> tuple[FolderRoute, FolderInfo]:
-        return FolderRoute(FolderInfo(source, "/", messages=messages), target, None), FolderInfo(target, "/")
+    def job(source: str, messages: int, target: str) -> FolderJob:
+        return FolderJob(FolderRoute(FolderInfo(source, "/", messages=messages), target, None),
+                         FolderInfo(target, "/"), None)
 
     jobs = [job("A", 10, "Inbox"), job("B", 300, "B"), job("C", 200, "Inbox"), job("D", 5, "D")]
     groups = folder_groups(jobs, largest_first=True)
-    assert [[route.source.path for route, _target in group] for group in groups] == [["B"], ["A", "C"], ["D"]]
+    assert [[job.route.source.path for job in group] for group in groups] == [["B"], ["A", "C"], ["D"]]
     unsorted = folder_groups(jobs, largest_first=False)
-    assert [[route.source.path for route, _target in group] for group in unsorted] == [["A", "C"], ["B"], ["D"]]
+    assert [[job.route.source.path for job in group] for group in unsorted] == [["A", "C"], ["B"], ["D"]]
 
 
 def test_batches_are_large_where_one_command_carries_them_and_cut_to_the_pacers() -> None:

@@ -4,12 +4,13 @@ suites run every two-mailbox lab with two session pairs per mailbox)."""
 from __future__ import annotations
 
 import threading
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any, cast
 
 import pytest
 
-from migrator.engine.parallel import SessionBudget, SessionPair, run_folders
+from migrator.engine.parallel import OnPair, SessionBudget, SessionPair, run_folders
 from migrator.errors import FolderFailed, Throttled, Transient
 
 
@@ -38,11 +39,24 @@ class Pairs:
 FIRST = cast(SessionPair, ("first-source", "first-target"))
 
 
-def run_alone(jobs: list[int], pairs: int, *args: Any) -> None:
+def each(sync: Callable[[SessionPair, int], None], left: list[SessionPair] | None = None) -> OnPair[int]:
+    """run_folders' per-pair context for a plain sync(pair, job); `left` lists the pairs whose context ended."""
+    @contextmanager
+    def on_pair(pair: SessionPair) -> Iterator[Callable[[int], None]]:
+        try:
+            yield lambda job: sync(pair, job)
+        finally:
+            if left is not None:
+                left.append(pair)
+    return on_pair
+
+
+def run_alone(jobs: list[int], pairs: int, open_pair: Callable[[ExitStack], SessionPair],
+              sync: Callable[[SessionPair, int], None], *args: Any) -> None:
     """run_folders for the only mailbox in flight of a run that may hold `pairs` session pairs."""
     budget = SessionBudget(pairs)
     with budget.mailbox():
-        run_folders(jobs, pairs, budget, FIRST, *args)
+        run_folders(jobs, pairs, budget, FIRST, open_pair, each(sync), *args)
 
 
 def test_every_folder_once_across_pairs() -> None:
@@ -58,6 +72,30 @@ def test_every_folder_once_across_pairs() -> None:
     run_alone(list(range(10)), 3, pairs.open, sync, lambda exc: None, pairs.close)
     assert sorted(done) == list(range(10))
     assert len(users) == 3 and len(pairs.opened) == 2 and set(pairs.closed) == set(pairs.opened)
+
+
+def test_each_pair_ends_what_it_has_in_flight_before_it_is_closed() -> None:
+    """A pair's context (where a folder's last APPEND may still be in flight) ends before the pair is closed,
+    on the first pair as on the extra ones, failing or not."""
+    pairs, left = Pairs(), []
+    left_before_closed: list[bool] = []
+    barrier = threading.Barrier(2, timeout=10)
+
+    def sync(pair: SessionPair, job: int) -> None:
+        if job < 2:
+            barrier.wait()  # two pairs at once
+        if job == 3:
+            raise Transient("connection lost")
+
+    def close(pair: SessionPair) -> None:
+        left_before_closed.append(pair in left)
+        pairs.close(pair)
+
+    budget = SessionBudget(2)
+    with budget.mailbox(), pytest.raises(Transient):
+        run_folders(list(range(6)), 2, budget, FIRST, pairs.open, each(sync, left), lambda exc: None, close)
+    assert sorted(map(id, left)) == sorted(map(id, [FIRST, *pairs.opened]))
+    assert pairs.opened and left_before_closed == [True] * len(pairs.opened)
 
 
 def test_a_refused_extra_session_leaves_the_work_to_the_others() -> None:
@@ -134,7 +172,7 @@ def test_a_mailbox_takes_up_pairs_another_mailbox_gave_back_at_its_next_folder()
             started.wait()  # both run at once: job 2 on a new pair
 
     with budget.mailbox():
-        run_folders(list(range(6)), 4, budget, FIRST, pairs.open, sync, lambda exc: None, pairs.close)
+        run_folders(list(range(6)), 4, budget, FIRST, pairs.open, each(sync), lambda exc: None, pairs.close)
     assert [pair for job, pair in users if job == 0] == [FIRST]
     assert sorted(job for job, _pair in users) == list(range(6))
     assert 1 <= len(pairs.opened) <= 3 and set(pairs.closed) == set(pairs.opened)

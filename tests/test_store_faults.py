@@ -226,12 +226,15 @@ def test_disk_full_stops_the_run_cleanly_and_a_rerun_after_freeing_space_finishe
         assert "database or disk is full" in line and "free disk space" in line
         assert integrity(db) == "ok"
         states = ledger_states(db)
-        assert 0 < states.get("done", 0) < total, states  # it stopped mid-copy
+        # It stopped mid-copy: rows were written, not every copy recorded. Done rows wait for a later commit
+        # (Journal.done_later, AppendLane), so on a disk this small there may be none yet: the re-run then
+        # finds every copy made by its open intent.
+        assert states.get("intent", 0) + states.get("done", 0) > 0 and states.get("done", 0) < total, states
         lab.assert_no_duplicates()
         status = lab.migrator("status", "--json")  # the store still opens on the full disk
         jobs = json.loads(status.stdout)["jobs"]
         assert {job["mailbox"] for job in jobs} == {"alice@old.example", "bob@old.example"}
-        assert sum(job["copied"] for job in jobs) == states["done"]
+        assert sum(job["copied"] for job in jobs) == states.get("done", 0)
 
         subprocess.run(["mount", "-o", "remount,size=32m", str(mount)], check=True)
         again = lab.migrator("run", "plans/wave1.yaml", "--stage", "prestage", "--workers", "1")

@@ -461,12 +461,17 @@ class ImapMailbox:
                   for name, separator, found_role, selectable in self._list()[0]}
         separator = next((sep for sep, _r, _s in listed.values() if sep), None)
         if path in listed and listed[path][2]:
-            return FolderInfo(path, listed[path][0], listed[path][1], str(self._status(path)[b"UIDVALIDITY"])), False
+            return FolderInfo(path, listed[path][0], listed[path][1], self._keep_status(path)), False
         with _translated(self.role, f"{self.context} CREATE {path!r}"):
             self.client.create_folder(path)
-        created = FolderInfo(path, separator, role, str(self._status(path)[b"UIDVALIDITY"]))
+        created = FolderInfo(path, separator, role, self._keep_status(path))
         self._listed[path] = created
         return created, True
+
+    def _keep_status(self, path: str) -> str:
+        """The folder's UIDVALIDITY, its STATUS kept for the folder's watermark() (_listed_status)."""
+        status = self._listed_statuses[path] = self._status(path)
+        return str(status[b"UIDVALIDITY"])
 
     def _status(self, path: str, *extra: bytes) -> dict[bytes, Any]:
         """STATUS of UIDVALIDITY and UIDNEXT, and of the `extra` items (each asked once)."""

@@ -1,29 +1,32 @@
 """Copying one folder's batches to the target: intents, APPEND, done rows; intent before effect.
 
-Where the target names the id each APPEND got (UIDPLUS, Graph), one APPEND is in flight in a thread of its
-own while this thread commits the next batch's intents together with the done rows acknowledged so far
-(the journal keeps done rows for the pass's next commit, whichever folder's: one transaction per batch,
-and per folder of one batch): the ledger's commits then cost none of the target's time, and the target's
-APPEND path is what limits a pass. At a crash the open intents are the batch being appended, the next,
-and those acknowledged since the pass's last commit (at most one a folder), which the next pass settles
-like any. Where it does not, copies are found by their tags right after each APPEND on the same session,
-so nothing overlaps.
+Where the target names the id each APPEND got (UIDPLUS, Graph), one APPEND is in flight on a target
+session (its AppendLane) in a thread of its own while this thread commits the next batch's intents
+together with the done rows acknowledged so far (the journal keeps done rows for the pass's next commit,
+whichever folder's: one transaction per batch, and per folder of one batch): the ledger's commits then
+cost none of the target's time, and the target's APPEND path is what limits a pass. A folder's last
+APPEND outlives its folder: the next folder is listed, fetched and its intents committed meanwhile. At a
+crash the open intents are the batch being appended, the next, and those acknowledged since the pass's
+last commit (at most one a folder), which the next pass settles like any. Where the target does not
+name ids, copies are found by their tags right after each APPEND on the same session, so nothing
+overlaps.
 
 Every batch's intents carry the watermark read before the pass's first APPEND to the folder: the mark is
-an opaque lower bound ("messages appended after it can be told apart"), and the target's session is busy
-with the APPEND in flight when the next intents are written.
+an opaque lower bound ("messages appended after it can be told apart"), read as the pass finds its target
+folders, so that no folder waits for the session to read it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 from migrator.connectors.base import Mailbox
-from migrator.engine.checkpoint import Journal
+from migrator.engine.checkpoint import Interrupted, Journal
 from migrator.errors import FolderFailed, ItemFailed
 from migrator.model import CopyTag, FolderInfo, RawMessage
 from migrator.store.records import PendingCopy
@@ -41,64 +44,163 @@ class _Batch:
     ledger_ids: Mapping[str, int]  # source id -> intent row
 
 
-class FolderCopier:
-    """Use as a context manager around one folder's batches; `copy` each, leave the block to finish."""
+Record = Callable[[Mailbox, "AppendResults | ItemFailed"], None]
 
-    def __init__(self, ctx: RunContext, journal: Journal, dst: Mailbox, folder: FolderInfo,
-                 target: FolderInfo) -> None:
-        self.ctx, self.journal, self.dst, self.folder, self.target = ctx, journal, dst, folder, target
-        capabilities = dst.capabilities()
-        self._pipelined = capabilities.append_returns_ids
-        self._limit = capabilities.max_message_size
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="append") if self._pipelined else None
-        self._inflight: tuple[Future[AppendResults], _Batch] | None = None
-        self._watermark: str | None = None
-        self._watermark_read = False
+
+@dataclass
+class _Sent:
+    """The APPEND in flight on a lane, and how its outcome is recorded. Once the folder that sent it has
+    nothing more to send (AppendLane.leave), `then` is the folder's own end (its cursor), run after the
+    outcome is recorded, and `failed` takes the folder's failure instead of whoever is using the lane."""
+
+    future: Future[AppendResults]
+    record: Record
+    owner: object
+    then: Callable[[], None] | None = None
+    failed: Callable[[FolderFailed], None] | None = None
+
+
+class AppendLane:
+    """A target session's APPENDs across the folders of a pass, one in flight at a time (in a thread of its
+    own where the target names ids). A pass of many folders of one batch each (most mailboxes: a few
+    hundred messages a folder) left the target idle while each next folder was listed, fetched and its
+    intents committed, about a fifth of the pass on a target that fsyncs; the lane keeps the APPEND in
+    flight through that. Every other use of the session (a search, a flag change, a deletion) takes it
+    through `idle`, which waits for the APPEND in flight and records it first. Use as a context manager
+    around the pass's use of the session: leaving it normally (or on a stop request) records what is in
+    flight; on an error, it waits for the APPEND to end and leaves its intents open for the next pass."""
+
+    def __init__(self, dst: Mailbox) -> None:
+        self._dst = dst
+        self.capabilities = dst.capabilities()
+        self.pipelined = self.capabilities.append_returns_ids
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="append") if self.pipelined else None
+        self._sent: _Sent | None = None
+
+    def __enter__(self) -> AppendLane:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        try:
+            if kind is None or issubclass(kind, Interrupted):
+                self.idle()
+        finally:
+            self.abandon(None)
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+
+    def idle(self) -> Mailbox:
+        """The session, with nothing in flight: the APPEND in flight is waited for and recorded first."""
+        sent, self._sent = self._sent, None
+        if sent is not None:
+            self._record(sent, _outcome(sent.future))
+        return self._dst
+
+    def send(self, append: Callable[[Mailbox], AppendResults], record: Record, owner: object) -> None:
+        """Start `append` once the APPEND in flight has ended; that one's outcome is recorded while the new
+        one runs, unless recording needs the session (ids to search for, a refused batch to retry)."""
+        assert self._pool is not None, "a target that does not name ids appends on `idle()`"
+        finished, self._sent = self._sent, None
+        outcome = _outcome(finished.future) if finished is not None else None
+        if finished is not None and outcome is not None and not _clean(outcome):
+            self._record(finished, outcome)  # may search the target or retry: before the session is busy again
+            finished = None
+        self._sent = _Sent(self._pool.submit(append, self._dst), record, owner)
+        if finished is not None and outcome is not None:
+            self._record(finished, outcome)
+
+    def leave(self, owner: object, then: Callable[[], None], failed: Callable[[FolderFailed], None]) -> None:
+        """`owner` (a folder's copier) sends nothing more: `then` runs once its last APPEND is recorded (now,
+        if none is in flight), and a failure recording it goes to `failed`, not to the folder using the
+        lane by then."""
+        if self._sent is not None and self._sent.owner is owner:
+            self._sent.then, self._sent.failed = then, failed
+        else:
+            then()
+
+    def abandon(self, owner: object | None) -> None:
+        """After an error: wait for the APPEND in flight (of `owner`, or any) to end, and leave its intents
+        open (settled by the next pass) rather than record an outcome read after a failure."""
+        sent = self._sent
+        if sent is not None and (owner is None or sent.owner is owner):
+            self._sent = None
+            futures.wait([sent.future])
+
+    def _record(self, sent: _Sent, outcome: AppendResults | ItemFailed | FolderFailed) -> None:
+        if sent.failed is None:  # its folder is still sending: the failure is that folder's
+            if isinstance(outcome, FolderFailed):
+                raise outcome
+            sent.record(self._dst, outcome)
+            return
+        try:
+            if isinstance(outcome, FolderFailed):
+                raise outcome
+            sent.record(self._dst, outcome)
+        except FolderFailed as exc:
+            sent.failed(exc)
+            return
+        assert sent.then is not None
+        sent.then()
+
+
+def _outcome(future: Future[AppendResults]) -> AppendResults | ItemFailed | FolderFailed:
+    """An APPEND's outcome: its results, the ItemFailed of a refused bulk APPEND, or the FolderFailed that
+    ends its folder (raised where that folder's failure belongs: AppendLane._record); others raise."""
+    try:
+        return future.result()
+    except (ItemFailed, FolderFailed) as exc:
+        return exc
+
+
+class FolderCopier:
+    """One folder's batches on a lane: `copy` each, then `finish` (use as a context manager: an error
+    inside waits for the folder's APPEND in flight and leaves it to the next pass to settle)."""
+
+    def __init__(self, ctx: RunContext, journal: Journal, lane: AppendLane, folder: FolderInfo,
+                 target: FolderInfo, watermark: str | None) -> None:
+        self.ctx, self.journal, self.lane, self.folder, self.target = ctx, journal, lane, folder, target
+        self._limit = lane.capabilities.max_message_size
+        self._watermark = watermark
 
     def __enter__(self) -> FolderCopier:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  traceback: TracebackType | None) -> None:
-        try:
-            if kind is None:
-                self._collect()
-        finally:
-            self._abandon()
+        if kind is not None:
+            self.lane.abandon(self)
 
     def copy(self, messages: Sequence[RawMessage]) -> None:
         """Record the batch's intents, then hand it to the target (after the APPEND in flight, if any)."""
         if self.journal.stop.is_set():
-            self._collect()  # what is in flight is recorded before the stop is honoured
+            self.lane.idle()  # what is in flight is recorded before the stop is honoured
         self.journal.check_stop()
         self.send(messages, self.journal.intents(self.intents(messages)))
 
     def intents(self, messages: Sequence[RawMessage]) -> list[PendingCopy]:
         """The intent rows of a batch, for the caller to commit (alone: `copy`; with other folders' batches:
-        FolderStage.flush). Reads the target folder's watermark before the folder's first APPEND."""
-        if not self._watermark_read and any(self._limit is None or len(m.body) <= self._limit for m in messages):
-            self._watermark = self.dst.watermark(self.target)  # nothing is in flight before the first APPEND
-            self._watermark_read = True
+        FolderStage.flush)."""
         return [_pending(self.folder, self.target, m, self._watermark) for m in messages]
 
     def send(self, messages: Sequence[RawMessage], ids: Sequence[int]) -> None:
         """Hand a batch whose intents are committed (ledger `ids`, in order) to the target."""
         batch = self._accepted(messages, ids)
-        if not self._pipelined:
-            if batch.messages:
-                self._pace(batch)
-                _append(self.ctx, self.journal, self.dst, self.folder, self.target, batch.messages, batch.ledger_ids)
+        if not batch.messages:
             return
-        finished = self._wait()
-        if finished is not None and not _clean(finished[0]):
-            self._record(*finished)  # may search the target for copies: before the session is busy again
-            finished = None
-        if batch.messages:
-            self._pace(batch)
-            assert self._pool is not None
-            self._inflight = (self._pool.submit(self.dst.append, self.target, batch.messages), batch)
-        if finished is not None:
-            self._record(*finished)
+        self._pace(batch)
+        if not self.lane.pipelined:
+            _append(self.ctx, self.journal, self.lane.idle(), self.folder, self.target, batch.messages,
+                    batch.ledger_ids)
+            return
+        target = self.target
+        self.lane.send(lambda dst: dst.append(target, batch.messages),
+                       lambda dst, results: self._record(dst, results, batch), self)
+
+    def finish(self, then: Callable[[], None], failed: Callable[[FolderFailed], None]) -> None:
+        """Nothing more to send: `then` (the folder's end) runs once its last APPEND is recorded, which the
+        next folder need not wait for."""
+        self.lane.leave(self, then, failed)
 
     def _accepted(self, messages: Sequence[RawMessage], ids: Sequence[int]) -> _Batch:
         """The batch to send: messages over the target's size limit are refused (recorded as failed) instead."""
@@ -114,39 +216,17 @@ class FolderCopier:
         waited = self.ctx.target_pacer.acquire(len(batch.messages), sum(len(m.body) for m in batch.messages))
         count_wait(self.ctx, self.journal, waited)
 
-    def _wait(self) -> tuple[AppendResults | ItemFailed, _Batch] | None:
-        """The outcome of the APPEND in flight (a refused bulk APPEND as its ItemFailed); other errors raise."""
-        if self._inflight is None:
-            return None
-        future, batch = self._inflight
-        self._inflight = None
-        try:
-            results: AppendResults | ItemFailed = future.result()
-        except ItemFailed as exc:
-            results = exc
-        return results, batch
-
-    def _record(self, results: AppendResults | ItemFailed, batch: _Batch) -> None:
+    def _record(self, dst: Mailbox, results: AppendResults | ItemFailed, batch: _Batch) -> None:
         """A clean APPEND's done rows (every copy's id known) go with the pass's next commit (Journal.done_later)."""
-        _recorded(self.ctx, self.journal, self.dst, self.folder, self.target, batch.messages, batch.ledger_ids,
+        _recorded(self.ctx, self.journal, dst, self.folder, self.target, batch.messages, batch.ledger_ids,
                   results, self._watermark, self.journal.done_later if _clean(results) else self.journal.done)
-
-    def _collect(self) -> None:
-        finished = self._wait()
-        if finished is not None:
-            self._record(*finished)
-
-    def _abandon(self) -> None:
-        """Leaving on an error: the APPEND in flight must end before the session closes; its batch keeps its
-        open intents, which the next pass settles."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
 
 
 @dataclass(frozen=True)
 class StagedFolder:
     folder: FolderInfo
     target: FolderInfo
+    watermark: str | None  # the target folder's, read as the pass found it (see the module docstring)
     messages: Sequence[RawMessage]
     then: Callable[[], None]  # the folder's pass once its copies are recorded (it keeps the folder's cursor)
 
@@ -157,9 +237,9 @@ class FolderStage:
     every worker takes in turn) cost more than their APPENDs. Holds at most one batch's messages and bytes;
     what is staged and not yet flushed is neither recorded nor sent, so a crash or a stop loses nothing."""
 
-    def __init__(self, ctx: RunContext, journal: Journal, dst: Mailbox, bounds: tuple[int, int],
+    def __init__(self, ctx: RunContext, journal: Journal, bounds: tuple[int, int],
                  folder_failed: Callable[[FolderFailed], None]) -> None:
-        self.ctx, self.journal, self.dst, self.folder_failed = ctx, journal, dst, folder_failed
+        self.ctx, self.journal, self.folder_failed = ctx, journal, folder_failed
         self._max_messages, self._max_bytes = bounds
         self._staged: list[StagedFolder] = []
         self._messages = self._bytes = 0
@@ -172,30 +252,25 @@ class FolderStage:
         self._messages += len(staged.messages)
         self._bytes += sum(len(m.body) for m in staged.messages)
 
-    def flush(self) -> None:
-        """Copy what is staged; a FolderFailed goes to `folder_failed` and the other folders go on."""
+    def flush(self, lane: AppendLane) -> None:
+        """Copy what is staged on `lane`; a FolderFailed goes to `folder_failed` and the other folders go on."""
         staged, self._staged = self._staged, []
         self._messages = self._bytes = 0
         self.journal.check_stop()
-        ready: list[tuple[FolderCopier, StagedFolder, list[PendingCopy]]] = []
-        for entry in staged:
-            copier = FolderCopier(self.ctx, self.journal, self.dst, entry.folder, entry.target)
-            try:
-                ready.append((copier, entry, copier.intents(entry.messages)))  # reads the folder's watermark
-            except FolderFailed as exc:
-                self.folder_failed(exc)
-        if not ready:
+        if not staged:
             return
-        ids = iter(self.journal.intents([row for _copier, _entry, rows in ready for row in rows]))
-        for copier, entry, rows in ready:
-            own = [next(ids) for _row in rows]
+        copiers = [FolderCopier(self.ctx, self.journal, lane, entry.folder, entry.target, entry.watermark)
+                   for entry in staged]
+        rows = [copier.intents(entry.messages) for copier, entry in zip(copiers, staged, strict=True)]
+        ids = iter(self.journal.intents([row for folder_rows in rows for row in folder_rows]))
+        for copier, entry, folder_rows in zip(copiers, staged, rows, strict=True):
+            own = [next(ids) for _row in folder_rows]
             try:
                 with copier:
                     copier.send(entry.messages, own)
+                    copier.finish(entry.then, self.folder_failed)
             except FolderFailed as exc:
                 self.folder_failed(exc)
-                continue
-            entry.then()
 
 
 def count_wait(ctx: RunContext, journal: Journal, seconds: float) -> None:
@@ -206,9 +281,9 @@ def count_wait(ctx: RunContext, journal: Journal, seconds: float) -> None:
         journal.throttled(seconds)
 
 
-def _clean(results: AppendResults | ItemFailed) -> bool:
+def _clean(results: AppendResults | ItemFailed | FolderFailed) -> bool:
     """Every message stored with a known id: recording it needs no more of the target's session."""
-    return not isinstance(results, ItemFailed) and all(isinstance(r, str) for r in results)
+    return not isinstance(results, Exception) and all(isinstance(r, str) for r in results)
 
 
 def _append(ctx: RunContext, journal: Journal, dst: Mailbox, folder: FolderInfo, target: FolderInfo,

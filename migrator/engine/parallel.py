@@ -30,6 +30,7 @@ MAX_SESSIONS_PER_MAILBOX = 4
 
 Job = TypeVar("Job")
 SessionPair = tuple[Mailbox, Mailbox]
+OnPair = Callable[[SessionPair], AbstractContextManager[Callable[[Job], None]]]
 
 
 class SessionBudget:
@@ -72,11 +73,13 @@ class SessionBudget:
 
 
 def run_folders(jobs: Sequence[Job], cap: int, budget: SessionBudget, first: SessionPair,
-                open_pair: Callable[[ExitStack], SessionPair], sync: Callable[[SessionPair, Job], None],
+                open_pair: Callable[[ExitStack], SessionPair], on_pair: OnPair[Job],
                 folder_failed: Callable[[FolderFailed], None], close_pair: Callable[[SessionPair], None]) -> None:
-    """`sync` every job (in the given order, largest first) on `first` and on up to `cap - 1` more session
+    """Sync every job (in the given order, largest first) on `first` and on up to `cap - 1` more session
     pairs made by `open_pair`, each taken from `budget` when a job is waiting that no pair has started (at
-    the start and as each job starts); a FolderFailed goes to `folder_failed` and the others go on."""
+    the start and as each job starts); a FolderFailed goes to `folder_failed` and the others go on. A pair
+    syncs its jobs inside `on_pair(pair)`, which gives the function that syncs one (and ends what the pair
+    still has in flight before the pair is closed)."""
     queue: deque[Job] = deque(jobs)
     lock = threading.Lock()
     failures: list[BaseException] = []
@@ -92,16 +95,17 @@ def run_folders(jobs: Sequence[Job], cap: int, budget: SessionBudget, first: Ses
             helper.start()
 
     def drain(pair: SessionPair) -> None:
-        while not failures:
-            with lock:
-                if not queue:
-                    return
-                job = queue.popleft()
-                grow()
-            try:
-                sync(pair, job)
-            except FolderFailed as exc:
-                folder_failed(exc)
+        with on_pair(pair) as sync:
+            while not failures:
+                with lock:
+                    if not queue:
+                        return
+                    job = queue.popleft()
+                    grow()
+                try:
+                    sync(job)
+                except FolderFailed as exc:
+                    folder_failed(exc)
 
     def extra() -> None:
         try:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -22,7 +23,7 @@ from migrator.config import Config, FilterConfig
 from migrator.connectors.base import Endpoint, Mailbox, open_mailbox
 from migrator.engine import diff
 from migrator.engine.checkpoint import CrashHook, Journal
-from migrator.engine.copier import FolderCopier, FolderStage, StagedFolder, count_wait
+from migrator.engine.copier import AppendLane, FolderCopier, FolderStage, StagedFolder, count_wait
 from migrator.engine.mapping import FolderRoute, copied_folders, route_folders
 from migrator.engine.parallel import MAX_SESSIONS_PER_MAILBOX, SessionBudget, SessionPair, opener, run_folders
 from migrator.engine.prefetch import Prefetcher
@@ -213,11 +214,12 @@ def _copy_folders(ctx: RunContext, record: MailboxRecord, journal: Journal, src:
     if planned:
         journal.target_folders(list(planned.values()))
     known_targets = {**known_targets, **planned}
-    jobs: list[tuple[FolderRoute, FolderInfo]] = []
+    jobs: list[FolderJob] = []
     for route in routes:
         journal.check_stop()
         try:
-            jobs.append((route, _target_folder(dst, route, known_targets, journal)))
+            target = _target_folder(dst, route, known_targets, journal)
+            jobs.append(FolderJob(route, target, dst.watermark(target)))  # before the pass's first APPEND to it
         except FolderFailed as exc:
             folder_failed(exc)
 
@@ -225,28 +227,56 @@ def _copy_folders(ctx: RunContext, record: MailboxRecord, journal: Journal, src:
     # than one pair copies in the time the others take to log in: a delta pass that finds little must not
     # log in to both servers again and again, taking connections from the user's own mail clients under
     # the same per-user limit. On one pair, folders with little new mail are copied together (FolderStage).
-    guesses = [_new_mail_guess(route, known) for route, _target in jobs]
+    guesses = [_new_mail_guess(job.route, known) for job in jobs]
     parallel = (sum(1 for guess in guesses if guess) > 1 and sum(guesses) >= PARALLEL_FOLDERS_FROM
                 and _quota_has_room(journal, record, dst, sum(guesses)))
-    stage = None if parallel else FolderStage(ctx, journal, dst, batch_bounds(ctx.source_pacer, ctx.target_pacer,
-                                                                              dst.capabilities()), folder_failed)
+    stage = None if parallel else FolderStage(ctx, journal, batch_bounds(ctx.source_pacer, ctx.target_pacer,
+                                                                         dst.capabilities()), folder_failed)
+    mailbox = _FolderPass(ctx, record, journal, known, native, stage, folder_failed)
 
-    def sync(pair: SessionPair, group: list[tuple[FolderRoute, FolderInfo]]) -> None:
-        for route, target in group:
-            journal.check_stop()
-            try:
-                _sync_folder(ctx, record, journal, pair[0], pair[1], route.source, target, known, native, stage)
-            except FolderFailed as exc:  # the group's other folders go on
-                folder_failed(exc)
+    @contextmanager
+    def on_pair(pair: SessionPair) -> Iterator[Callable[[list[FolderJob]], None]]:
+        with AppendLane(pair[1]) as lane:
+            yield lambda group: mailbox.sync_group(pair[0], lane, group)
+            if stage is not None:  # one pair only
+                stage.flush(lane)
 
     open_pair = opener(lambda: open_mailbox(ctx.source, logins[0], write=False),
                        lambda: open_mailbox(ctx.target, logins[1], write=True))
     run_folders(folder_groups(jobs, largest_first=parallel), MAX_SESSIONS_PER_MAILBOX if parallel else 1,
-                ctx.sessions, (src, dst), open_pair, sync, folder_failed,
+                ctx.sessions, (src, dst), open_pair, on_pair, folder_failed,
                 lambda pair: _count_server_waits(ctx, journal, *pair))
-    if stage is not None:
-        stage.flush()
     return problems
+
+
+@dataclass(frozen=True)
+class FolderJob:
+    """A source folder to copy, its target folder and that folder's watermark (see engine/copier.py)."""
+
+    route: FolderRoute
+    target: FolderInfo
+    watermark: str | None
+
+
+@dataclass(frozen=True)
+class _FolderPass:
+    """What every folder of a mailbox's pass shares, whichever session pair copies it."""
+
+    ctx: RunContext
+    record: MailboxRecord
+    journal: Journal
+    known: _Known
+    native: str | None
+    stage: FolderStage | None
+    folder_failed: Callable[[FolderFailed], None]
+
+    def sync_group(self, src: Mailbox, lane: AppendLane, group: Sequence[FolderJob]) -> None:
+        for job in group:
+            self.journal.check_stop()
+            try:
+                _sync_folder(self, src, lane, job)
+            except FolderFailed as exc:  # the group's other folders go on
+                self.folder_failed(exc)
 
 
 def _quota_has_room(journal: Journal, record: MailboxRecord, dst: Mailbox, new_messages: int) -> bool:
@@ -276,18 +306,17 @@ def _new_mail_guess(route: FolderRoute, known: _Known) -> int:
     return max(0, folder.messages - states.get((key, ledger.DONE), 0) - states.get((key, ledger.FAILED), 0))
 
 
-def folder_groups(jobs: Sequence[tuple[FolderRoute, FolderInfo]], *,
-                  largest_first: bool) -> list[list[tuple[FolderRoute, FolderInfo]]]:
+def folder_groups(jobs: Sequence[FolderJob], *, largest_first: bool) -> list[list[FolderJob]]:
     """The work items of a mailbox's session pairs. Source folders that share a target folder (a mapping
     that merges them) form one item, copied one after the other on one pair: settling one's open intents
     must not meet copies the other just made there and has not recorded yet. With several pairs the
     largest items go first: they set the pass's length."""
-    groups: dict[str, list[tuple[FolderRoute, FolderInfo]]] = {}
+    groups: dict[str, list[FolderJob]] = {}
     for job in jobs:
-        groups.setdefault(job[1].path, []).append(job)
+        groups.setdefault(job.target.path, []).append(job)
     ordered = list(groups.values())
     if largest_first:
-        ordered.sort(key=lambda group: -sum(route.source.messages for route, _target in group))
+        ordered.sort(key=lambda group: -sum(job.route.source.messages for job in group))
     return ordered
 
 
@@ -346,21 +375,22 @@ class _Known:
                       {} if asked is None else asked)
 
 
-def _sync_folder(ctx: RunContext, record: MailboxRecord, journal: Journal, src: Mailbox, dst: Mailbox,
-                 folder: FolderInfo, target: FolderInfo, known: _Known, native: str | None,
-                 stage: FolderStage | None) -> None:
+def _sync_folder(fp: _FolderPass, src: Mailbox, lane: AppendLane, job: FolderJob) -> None:
     """`native` is the format both ends share, if any (messages the source cannot export so still come as
     MIME). A folder with no open intent and no row of another UIDVALIDITY needs no row to settle or check;
     if the source then says nothing changed since the cursor the last pass kept, the ledger already holds
     everything that pass acted on and none of its rows is read. New mail that fits one batch goes to
-    `stage`, where given (copied with other folders' by its flush)."""
+    the pass's stage, where it has one (copied with other folders' by its flush). The target's session
+    is taken through `lane` (AppendLane.idle) for anything but APPENDs."""
+    ctx, record, journal, known, native, stage = fp.ctx, fp.record, fp.journal, fp.known, fp.native, fp.stage
+    folder, target = job.route.source, job.target
     states = known.states.get(folder.path, {})
     entries: list[LedgerEntry] | None = None
     if _needs_rows(folder, states):
         entries = _entries(ctx, record, folder)
         intents = [entry for entry in entries if entry.state == ledger.INTENT]
         if intents:
-            settle_intents(ctx, record, journal, dst, target, intents)
+            settle_intents(ctx, record, journal, lane.idle(), target, intents)
             entries = _entries(ctx, record, folder)
         if check_source_key(src, journal, folder, entries, folder.path in ctx.options.rematch_folders):
             entries = _entries(ctx, record, folder)
@@ -382,9 +412,9 @@ def _sync_folder(ctx: RunContext, record: MailboxRecord, journal: Journal, src: 
     actions = diff.plan_folder(listing, entries, ctx.config.filters)
     ctx.progress.add(still_failed=actions.failed_before + failed_unchanged)
     if actions.gone:
-        _source_deletions(ctx, journal, dst, folder, target, actions.gone)
+        _source_deletions(ctx, journal, lane, folder, target, actions.gone)
     if actions.flag_updates:
-        dst.set_flags(target, {tid: flags for tid, flags in actions.flag_updates.values()})
+        lane.idle().set_flags(target, {tid: flags for tid, flags in actions.flag_updates.values()})
         journal.flags_later({lid: flags for lid, (_tid, flags) in actions.flag_updates.items()})
         ctx.progress.add(flag_updates=len(actions.flag_updates))
 
@@ -394,20 +424,21 @@ def _sync_folder(ctx: RunContext, record: MailboxRecord, journal: Journal, src: 
         if cursor is not None and cursor != kept and not (actions.gone and not ctx.options.sync_deletes):
             journal.cursor(folder.path, key, cursor, basis)
 
-    chunks = diff.chunk_refs(actions.copy, *batch_bounds(ctx.source_pacer, ctx.target_pacer, dst.capabilities()))
+    chunks = diff.chunk_refs(actions.copy, *batch_bounds(ctx.source_pacer, ctx.target_pacer, lane.capabilities))
     if stage is not None and len(chunks) == 1:
         if not stage.room(len(chunks[0]), sum(ref.size for ref in chunks[0])):
-            stage.flush()
+            stage.flush(lane)
         _pace_source(ctx, journal, chunks[0])
-        stage.add(StagedFolder(folder, target, list(src.fetch(folder, chunks[0], native=native)), keep_cursor))
+        messages = list(src.fetch(folder, chunks[0], native=native))
+        stage.add(StagedFolder(folder, target, job.watermark, messages, keep_cursor))
         return
     if stage is not None and chunks:
-        stage.flush()  # what was staged goes first: this folder's APPENDs take the target's session
+        stage.flush(lane)  # what was staged goes first: this folder's APPENDs take the target's session
     with Prefetcher(src, folder, chunks, lambda chunk: _pace_source(ctx, journal, chunk), native) as batches, \
-            FolderCopier(ctx, journal, dst, folder, target) as copier:
+            FolderCopier(ctx, journal, lane, folder, target, job.watermark) as copier:
         for messages in batches:
             copier.copy(messages)
-    keep_cursor()
+        copier.finish(keep_cursor, fp.folder_failed)  # once its last APPEND is recorded
 
 
 def _needs_rows(folder: FolderInfo, states: Mapping[tuple[str, str], int]) -> bool:
@@ -484,7 +515,7 @@ def _known_ref(entry: LedgerEntry) -> MessageRef:
     return MessageRef(entry.source_id, entry.size, entry.flags, datetime.fromisoformat(entry.internal_date))
 
 
-def _source_deletions(ctx: RunContext, journal: Journal, dst: Mailbox, folder: FolderInfo, target: FolderInfo,
+def _source_deletions(ctx: RunContext, journal: Journal, lane: AppendLane, folder: FolderInfo, target: FolderInfo,
                       gone: Mapping[int, LedgerEntry]) -> None:
     """Messages deleted on the source: removed from the target with --sync-deletes, else kept and reported."""
     if not ctx.options.sync_deletes:
@@ -493,7 +524,7 @@ def _source_deletions(ctx: RunContext, journal: Journal, dst: Mailbox, folder: F
         return
     mine = {lid: e for lid, e in gone.items() if e.target_folder == target.path and e.target_key == target.key}
     if mine:
-        dst.delete(target, [e.target_id for e in mine.values() if e.target_id])
+        lane.idle().delete(target, [e.target_id for e in mine.values() if e.target_id])
         journal.effect_done()
     journal.removed(list(mine), "deleted on the source; removed from the target (--sync-deletes)")
     ctx.progress.add(deleted=len(mine))
