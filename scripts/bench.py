@@ -839,6 +839,7 @@ max_connections = {self.workers}
         log = self.logs / f"run-{key}.log"
         cmd = [sys.executable, "-m", "migrator", "run", "plans/bench.yaml", "--stage", stage,
                "--workers", str(self.workers), "--processes", str(self.args.processes)]
+        earlier = log.stat().st_size if log.exists() else 0  # an earlier round's run of the same step
         started = self.start_clock()
         proc = self.start_child(cmd, log, cwd=self.project)
         poller = HwmPoller(proc.pid)
@@ -849,7 +850,9 @@ max_connections = {self.workers}
         proc.returncode = os.waitstatus_to_exitcode(status)
         poller.done.set()
         poller.join()
-        output = log.read_text(errors="replace")
+        with log.open("rb") as out:
+            out.seek(earlier)
+            output = out.read().decode(errors="replace")
         if proc.returncode != 0:
             raise SystemExit(f"bench: `migrator run --stage {stage}` exited {proc.returncode}; log {log}:\n"
                              + "\n".join(output.splitlines()[-20:]))
