@@ -16,6 +16,7 @@ import click
 
 from migrator import __version__
 from migrator.errors import MigratorError
+from migrator.memory import limit_malloc_arenas
 
 # Each verb's module, imported only when that verb runs (or --help lists them all): `migrator run` then
 # does not import discovery, reports and rollback, a tenth of every start-up.
@@ -52,6 +53,7 @@ def cli(verbose: bool) -> None:
 
 
 def main() -> None:
+    limit_malloc_arenas()  # before any thread allocates
     try:
         code = cli.main(standalone_mode=False)
     except click.exceptions.Abort:
