@@ -128,20 +128,17 @@ class AppendLane:
             futures.wait([sent.future])
 
     def _record(self, sent: _Sent, outcome: AppendResults | ItemFailed | FolderFailed) -> None:
-        if sent.failed is None:  # its folder is still sending: the failure is that folder's
-            if isinstance(outcome, FolderFailed):
-                raise outcome
-            sent.record(self._dst, outcome)
-            return
         try:
             if isinstance(outcome, FolderFailed):
                 raise outcome
             sent.record(self._dst, outcome)
         except FolderFailed as exc:
+            if sent.failed is None:  # its folder is still sending: the failure is raised to it
+                raise
             sent.failed(exc)
             return
-        assert sent.then is not None
-        sent.then()
+        if sent.then is not None:
+            sent.then()
 
 
 def _outcome(future: Future[AppendResults]) -> AppendResults | ItemFailed | FolderFailed:
