@@ -40,7 +40,8 @@ What it does (everything under bench-run/, servers on 127.0.0.1 only, stopped by
    the large corpus's full pass took 2.7 s instead of 0.7 s).
    With ``--rounds N``, (a), (c), (d) and (c') are measured N times in turn, each round into emptied target
    users with migrator's store as (c) first found it, and each is reported as its median round: a disk
-   that fsyncs swings from one minute to the next (the same (a) took 21 s and 36 s in two runs).
+   that fsyncs swings from one minute to the next (the same (a) took 21 s and 36 s in two runs). The
+   order turns by one step a round (Bench.measure_round).
 4. Verifies that the migrator target equals the source (per folder: SHA-256 of the bytes, flags,
    INTERNALDATE, like tests/imap_fixtures.py Lab.assert_exact_copy) and that the reference copies (a) and
    (c') hold every message; exits 1 when not.
@@ -782,18 +783,24 @@ class Bench:
 
     # ---------------------------------------------------------------------------------- rounds
 
-    def measure_round(self) -> None:
-        """(a), (c), (d) and (c') once, each into empty target users, each after a sync (docstring, 3.)."""
+    def measure_round(self, number: int) -> None:
+        """(a), (c) with the no-op delta (d) right after it, and (c'), each into empty target users, each after
+        a sync (docstring, 3.). The order turns by one step a round, so that over three rounds each of them
+        runs first, second and third once: none always runs on the disk another's writes have just left."""
         before = self.totals()
-        os.sync()
-        self.measure_append()
-        os.sync()
+        steps: list[Callable[[], object]] = [self.measure_append, lambda: self.measure_pass(before),
+                                             self.measure_dsync]
+        turn = (number - 1) % len(steps)
+        for step in steps[turn:] + steps[:turn]:
+            os.sync()
+            step()
+        self.rounds.append({key: self.steps[key] for key in ROUND_STEPS})
+
+    def measure_pass(self, before: tuple[int, int]) -> None:
+        """(c) and, right after it, (d)."""
         self.migrator_run("c", "(c) migrator run --stage prestage", "prestage", before)
         os.sync()
         self.migrator_run("d", "(d) migrator no-op delta", "delta")
-        os.sync()
-        self.measure_dsync()
-        self.rounds.append({key: self.steps[key] for key in ROUND_STEPS})
 
     def start_round(self, number: int) -> None:
         """Empty the target users of (a), (c) and (c') and restore migrator's store as (c) first found it
@@ -1066,7 +1073,7 @@ max_connections = {self.workers}
         for number in range(1, self.args.rounds + 1):
             if number > 1:
                 self.start_round(number)
-            self.measure_round()
+            self.measure_round(number)
         self.keep_median_rounds()
         before = self.totals()
         self.add_new_mail()
