@@ -10,8 +10,10 @@ from typing import Any, cast
 
 import pytest
 
-from migrator.engine.parallel import OnPair, SessionBudget, SessionPair, run_folders
+from migrator.connectors.base import Mailbox
+from migrator.engine.parallel import BackgroundSession, OnPair, SessionBudget, SessionPair, run_folders
 from migrator.errors import FolderFailed, Throttled, Transient
+from migrator.model import FolderInfo
 
 
 class Pairs:
@@ -176,3 +178,75 @@ def test_a_mailbox_takes_up_pairs_another_mailbox_gave_back_at_its_next_folder()
     assert [pair for job, pair in users if job == 0] == [FIRST]
     assert sorted(job for job, _pair in users) == list(range(6))
     assert 1 <= len(pairs.opened) <= 3 and set(pairs.closed) == set(pairs.opened)
+
+
+class Opening:
+    """A session's open and close as a context manager, logged; the open waits for `gate` and may fail."""
+
+    def __init__(self, fail: Exception | None = None) -> None:
+        self.log: list[str] = []
+        self.gate = threading.Event()
+        self.fail = fail
+        self.lock = threading.Lock()
+
+    def add(self, line: str) -> None:
+        with self.lock:
+            self.log.append(line)
+
+    @contextmanager
+    def open(self) -> Iterator[Mailbox]:
+        assert self.gate.wait(10)
+        if self.fail is not None:
+            raise self.fail
+        self.add("logged in")
+        try:
+            yield cast(Mailbox, self)
+        finally:
+            self.add("closed")
+
+    def list_folders(self, *, sizes: bool) -> list[FolderInfo]:
+        self.add(f"listed on {threading.current_thread().name}")
+        return [FolderInfo("INBOX", "/")]
+
+
+def test_a_background_session_logs_in_while_the_caller_asks_the_other_server() -> None:
+    server = Opening()
+    with ExitStack() as stack:
+        target = BackgroundSession(stack, server.open)
+        target.start()
+        server.add("source asked")  # the open waits for the gate: this comes first
+        server.gate.set()
+        session, folders = target.get()
+        assert session is server and [f.path for f in folders] == ["INBOX"]
+        assert target.get()[0] is session, "opened once"
+        assert server.log == ["source asked", "logged in", "listed on opening"]
+    assert server.log[-1] == "closed", "closed with the stack"
+
+
+def test_a_failure_to_open_it_is_raised_by_get_on_the_callers_thread() -> None:
+    server = Opening(fail=Transient("target: connection refused"))
+    server.gate.set()
+    with ExitStack() as stack:
+        target = BackgroundSession(stack, server.open)
+        target.start()
+        with pytest.raises(Transient, match="connection refused"):
+            target.get()
+    assert server.log == []
+
+
+def test_a_failure_on_the_callers_side_waits_for_the_open_and_closes_the_session() -> None:
+    server = Opening()
+    with pytest.raises(Transient, match="source lost"), ExitStack() as stack:
+        BackgroundSession(stack, server.open).start()
+        threading.Timer(0.05, server.gate.set).start()
+        raise Transient("source lost")
+    assert server.log[0] == "logged in" and server.log[-1] == "closed", "no session left open"
+
+
+def test_a_background_session_never_started_is_never_opened_and_get_opens_it() -> None:
+    unused, used = Opening(), Opening()
+    used.gate.set()
+    with ExitStack() as stack:
+        BackgroundSession(stack, unused.open)  # a delta whose source shows no change
+        assert BackgroundSession(stack, used.open).get()[0] is used
+    assert unused.log == [] and used.log[0] == "logged in" and used.log[-1] == "closed"

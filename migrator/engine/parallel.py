@@ -23,6 +23,7 @@ from typing import TypeVar
 
 from migrator.connectors.base import Mailbox
 from migrator.errors import EndpointError, FolderFailed, Transient
+from migrator.model import FolderInfo
 
 # Session pairs one mailbox may use: a user's connections are limited per server (Dovecot's
 # mail_max_userip_connections defaults to 10, shared with the user's own mail clients during a migration).
@@ -148,3 +149,50 @@ def opener(open_source: Callable[[], AbstractContextManager[Mailbox]],
     def open_pair(stack: ExitStack) -> SessionPair:
         return stack.enter_context(open_source()), stack.enter_context(open_target())
     return open_pair
+
+
+class BackgroundSession:
+    """A session that connects, logs in and lists its folders on a thread of its own (from `start`) while
+    the caller's thread asks the other server: a login is several round trips (TCP, TLS, greeting, LOGIN,
+    CAPABILITY), the folder list one more, and on a WAN or a hosted tenant a mailbox's two logins one after
+    the other are a large part of what a delta pass costs it. The session is closed when `stack` unwinds,
+    after its thread has ended, whatever happened on either thread; `get` raises what opening it raised."""
+
+    def __init__(self, stack: ExitStack, open_session: Callable[[], AbstractContextManager[Mailbox]]) -> None:
+        self._open_session = open_session
+        self._opened = ExitStack()
+        self._result: tuple[Mailbox, list[FolderInfo]] | None = None
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        stack.callback(self._close)
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._open, name="opening", daemon=True)
+            self._thread.start()
+
+    def _open(self) -> None:
+        try:
+            session = self._opened.enter_context(self._open_session())
+            self._result = session, session.list_folders(sizes=False)
+        except BaseException as exc:  # handed to the caller's thread by get()
+            self._error = exc
+
+    def opening(self) -> bool:
+        """Started and not done yet."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def get(self) -> tuple[Mailbox, list[FolderInfo]]:
+        """The session and its folders, once opened."""
+        self.start()
+        assert self._thread is not None
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+    def _close(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+        self._opened.close()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -25,7 +25,14 @@ from migrator.engine import diff
 from migrator.engine.checkpoint import CrashHook, Journal
 from migrator.engine.copier import AppendLane, FolderCopier, FolderStage, StagedFolder, count_wait
 from migrator.engine.mapping import FolderRoute, copied_folders, route_folders
-from migrator.engine.parallel import MAX_SESSIONS_PER_MAILBOX, SessionBudget, SessionPair, opener, run_folders
+from migrator.engine.parallel import (
+    MAX_SESSIONS_PER_MAILBOX,
+    BackgroundSession,
+    SessionBudget,
+    SessionPair,
+    opener,
+    run_folders,
+)
 from migrator.engine.prefetch import Prefetcher
 from migrator.engine.recovery import adopt_renamed_folders, check_source_key
 from migrator.errors import FolderFailed, Throttled, Transient
@@ -102,9 +109,16 @@ def run_mailbox_pass(ctx: RunContext, record: MailboxRecord, journal: Journal) -
         with attempt:
             journal.check_stop()
             count_wait(ctx, journal, ctx.source_pacer.acquire(0, 0) + ctx.target_pacer.acquire(0, 0))
-            with open_mailbox(ctx.source, source_login, write=False) as src:
+            journal.flush()  # what a failed attempt kept (done rows, flags) is in the ledger this attempt reads
+            with reading(ctx.engine) as conn:
+                known = _Known.read(conn, record, ctx.config.filters)
+            with ExitStack() as sessions:
+                target = BackgroundSession(sessions, lambda: open_mailbox(ctx.target, target_login, write=True))
+                if not known.cursors:  # its first pass, or a source without QRESYNC: the target is needed
+                    target.start()  # both servers' logins at once
+                src = sessions.enter_context(open_mailbox(ctx.source, source_login, write=False))
                 try:
-                    return _copy_mailbox(ctx, record, journal, src, (source_login, target_login))
+                    return _copy_mailbox(ctx, record, journal, src, known, target)
                 finally:
                     _count_server_waits(ctx, journal, src)
     raise AssertionError("unreachable: tenacity re-raises the last failure")
@@ -136,22 +150,23 @@ def _sleep_unless_stopped(stop: threading.Event, seconds: float) -> None:
     stop.wait(seconds)
 
 
-def _copy_mailbox(ctx: RunContext, record: MailboxRecord, journal: Journal, src: Mailbox,
-                  logins: tuple[Login, Login]) -> list[str]:
+def _copy_mailbox(ctx: RunContext, record: MailboxRecord, journal: Journal, src: Mailbox, known: _Known,
+                  target: BackgroundSession) -> list[str]:
     """The source is asked first, the target only where there is something to do: in a delta pass most
     mailboxes have nothing new, and a session on the target (a login, a folder list; tokens, TLS and
-    throttled requests for a hosted one) then costs the cutover window for nothing."""
+    throttled requests for a hosted one) then costs the cutover window for nothing. Once a folder shows a
+    change, the target's session opens (`target`, unless opened already) while the source is asked about
+    the other folders."""
     source_folders = src.list_folders(sizes=False)
-    journal.flush()  # what a failed attempt kept (done rows, flags) is in the ledger this attempt reads
-    with reading(ctx.engine) as conn:
-        known = _Known.read(conn, record, ctx.config.filters)
     if _source_unchanged(ctx, journal, src, source_folders, known):
         return []
-    with open_mailbox(ctx.target, logins[1], write=True) as dst:
-        try:
-            return _copy_folders(ctx, record, journal, src, dst, source_folders, known, logins)
-        finally:
-            _count_server_waits(ctx, journal, dst)
+    target.start()
+    _ask_changes(src, source_folders, known, ctx.config.filters.exclude_folders, while_=target.opening)
+    dst, target_folders = target.get()
+    try:
+        return _copy_folders(ctx, record, journal, src, dst, source_folders, target_folders, known)
+    finally:
+        _count_server_waits(ctx, journal, dst)
 
 
 def _source_unchanged(ctx: RunContext, journal: Journal, src: Mailbox, source_folders: Sequence[FolderInfo],
@@ -182,9 +197,27 @@ def _source_unchanged(ctx: RunContext, journal: Journal, src: Mailbox, source_fo
     return True
 
 
+def _ask_changes(src: Mailbox, source_folders: Sequence[FolderInfo], known: _Known, exclude: Sequence[str], *,
+                 while_: Callable[[], bool]) -> None:
+    """What changed in folders since their kept cursors, asked while `while_` holds (the target's session
+    opens) for their syncs to take from `known`, as _source_unchanged asks: not of a folder with rows to
+    settle or check first. The rest are asked by their syncs, while the target takes the APPENDs before
+    theirs. A folder the source fails to answer for is asked again by its sync, which reports it."""
+    for folder in copied_folders(source_folders, exclude):
+        if not while_():
+            return
+        kept = known.cursors.get((folder.path, folder.key or ""))
+        if kept is None or folder.path in known.asked or _needs_rows(folder, known.states.get(folder.path, {})):
+            continue
+        with suppress(FolderFailed):
+            changes = src.changes(folder, kept)
+            if changes is not None:
+                known.asked[folder.path] = changes
+
+
 def _copy_folders(ctx: RunContext, record: MailboxRecord, journal: Journal, src: Mailbox, dst: Mailbox,
-                  source_folders: Sequence[FolderInfo], known: _Known, logins: tuple[Login, Login]) -> list[str]:
-    target_folders = dst.list_folders(sizes=False)
+                  source_folders: Sequence[FolderInfo], target_folders: Sequence[FolderInfo], known: _Known
+                  ) -> list[str]:
     separator = next((f.separator for f in target_folders if f.separator), None)
     routes = route_folders(source_folders, target_folders, separator, ctx.config.mapping.folders,
                            ctx.config.filters.exclude_folders)
@@ -244,8 +277,9 @@ def _copy_folders(ctx: RunContext, record: MailboxRecord, journal: Journal, src:
             if stage is not None:  # one pair only
                 stage.flush(lane)
 
-    open_pair = opener(lambda: open_mailbox(ctx.source, logins[0], write=False),
-                       lambda: open_mailbox(ctx.target, logins[1], write=True))
+    source_login, target_login = logins_for(ctx.credentials, record)
+    open_pair = opener(lambda: open_mailbox(ctx.source, source_login, write=False),
+                       lambda: open_mailbox(ctx.target, target_login, write=True))
     run_folders(folder_groups(jobs, largest_first=parallel), MAX_SESSIONS_PER_MAILBOX if parallel else 1,
                 ctx.sessions, (src, dst), open_pair, on_pair, folder_failed,
                 lambda pair: _count_server_waits(ctx, journal, *pair))
