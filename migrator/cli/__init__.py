@@ -16,7 +16,7 @@ import click
 
 from migrator import __version__
 from migrator.errors import MigratorError
-from migrator.memory import limit_malloc_arenas
+from migrator.memory import imports_frozen, limit_malloc_arenas
 
 # Each verb's module, imported only when that verb runs (or --help lists them all): `migrator run` then
 # does not import discovery, reports and rollback, a tenth of every start-up.
@@ -36,7 +36,8 @@ class _Verbs(click.Group):
         if cmd_name not in _VERBS:
             return None
         module, name = _VERBS[cmd_name].split(":")
-        return cast(click.Command, getattr(importlib.import_module(f"migrator.cli.{module}"), name))
+        with imports_frozen():
+            return cast(click.Command, getattr(importlib.import_module(f"migrator.cli.{module}"), name))
 
 
 @click.group(cls=_Verbs)
