@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,9 +19,7 @@ from migrator.cli.common import (
     mailboxes_option,
     open_session,
 )
-from migrator.cli.verify import run_verify
 from migrator.engine.checkpoint import CrashHook
-from migrator.engine.dryrun import preview_mailbox
 from migrator.engine.scheduler import WorkerProcesses, plan_mailboxes, queue_plan, run_queue
 from migrator.engine.worker import PassOptions, RunContext, logins_for
 from migrator.model import Stage
@@ -41,9 +40,11 @@ def work_context(session: Session, plan: Plan, codes: Sequence[str], mailboxes_p
     logins = credentials(config, mailboxes_path)
     first = plan_mailboxes(session.engine, plan, codes)[plan.batch(codes[0]).mailboxes[0].source]
     source_login, target_login = logins_for(logins, first)
-    if need_source:
-        source.probe(on_behalf_of=source_login.user)
-    target.probe(on_behalf_of=target_login.user)
+    with ThreadPoolExecutor(1, thread_name_prefix="preflight") as pool:  # both servers' round trips at once
+        target_checked = pool.submit(target.probe, on_behalf_of=target_login.user)
+        if need_source:
+            source.probe(on_behalf_of=source_login.user)  # the source's failure is the one reported first
+        target_checked.result()
     stop = threading.Event()
     install_stop_handlers(stop)
     total = sum(m.messages for code in codes for m in plan.batch(code).mailboxes)
@@ -106,11 +107,15 @@ def run_command(plan_path: Path, stage: str, batches: tuple[str, ...], workers: 
         return EXIT_INTERRUPTED
     trouble = summary.jobs_failed or summary.workers_lost or c.failed or c.still_failed
     if stage == Stage.FINAL and not trouble:
+        from migrator.cli.verify import run_verify  # here: a delta's start-up is part of what it costs
+
         return run_verify(session, plan, codes, ctx.credentials, deep=False, as_json=False)
     return 1 if trouble else 0
 
 
 def _dry_run(ctx: RunContext, plan: Plan, codes: Sequence[str]) -> int:
+    from migrator.engine.dryrun import preview_mailbox  # here: a delta's start-up is part of what it costs
+
     records = plan_mailboxes(ctx.engine, plan, codes)
     totals = [0, 0]
     for code in codes:
