@@ -1,4 +1,4 @@
-"""How much memory the process keeps of what it has freed."""
+"""How much memory the process keeps of what it has freed, and how much of it the garbage collector walks."""
 
 from __future__ import annotations
 
