@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -180,17 +180,8 @@ def _source_unchanged(ctx: RunContext, journal: Journal, src: Mailbox, source_fo
     if ctx.options.rematch_folders or not known.states.keys() <= paths:
         return False
     for folder in routed:
-        kept = known.cursors.get((folder.path, folder.key or ""))
-        if kept is None or _needs_rows(folder, known.states.get(folder.path, {})):
-            return False
-        try:
-            changes = src.changes(folder, kept)
-        except FolderFailed:
-            return False  # the pass asks again and reports it where it reports every folder's failure
-        if changes is None:
-            return False
-        known.asked[folder.path] = changes
-        if not _unchanged(changes):
+        changes = _ask(src, folder, known)
+        if changes is None or not _unchanged(changes):
             return False
     for folder in routed:
         _record_unchanged(ctx, journal, folder, known, known.asked.pop(folder.path))
@@ -199,20 +190,29 @@ def _source_unchanged(ctx: RunContext, journal: Journal, src: Mailbox, source_fo
 
 def _ask_changes(src: Mailbox, source_folders: Sequence[FolderInfo], known: _Known, exclude: Sequence[str], *,
                  while_: Callable[[], bool]) -> None:
-    """What changed in folders since their kept cursors, asked while `while_` holds (the target's session
-    opens) for their syncs to take from `known`, as _source_unchanged asks: not of a folder with rows to
-    settle or check first. The rest are asked by their syncs, while the target takes the APPENDs before
-    theirs. A folder the source fails to answer for is asked again by its sync, which reports it."""
+    """What changed in folders not asked yet, asked while `while_` holds (the target's session opens). The
+    rest are asked by their syncs, while the target takes the APPENDs before theirs."""
     for folder in copied_folders(source_folders, exclude):
         if not while_():
             return
-        kept = known.cursors.get((folder.path, folder.key or ""))
-        if kept is None or folder.path in known.asked or _needs_rows(folder, known.states.get(folder.path, {})):
-            continue
-        with suppress(FolderFailed):
-            changes = src.changes(folder, kept)
-            if changes is not None:
-                known.asked[folder.path] = changes
+        if folder.path not in known.asked:
+            _ask(src, folder, known)
+
+
+def _ask(src: Mailbox, folder: FolderInfo, known: _Known) -> FolderChanges | None:
+    """What changed in `folder` since the cursor the last pass kept, kept in `known` for its sync to take;
+    None where it cannot be asked ahead: no cursor, rows to settle or check first, no QRESYNC, or a source
+    that failed to answer (the folder's sync asks again and reports it where it reports every failure)."""
+    kept = known.cursors.get((folder.path, folder.key or ""))
+    if kept is None or _needs_rows(folder, known.states.get(folder.path, {})):
+        return None
+    try:
+        changes = src.changes(folder, kept)
+    except FolderFailed:
+        return None
+    if changes is not None:
+        known.asked[folder.path] = changes
+    return changes
 
 
 def _copy_folders(ctx: RunContext, record: MailboxRecord, journal: Journal, src: Mailbox, dst: Mailbox,
