@@ -245,6 +245,7 @@ def test_a_failure_on_the_callers_side_waits_for_the_open_and_closes_the_session
 
 def test_a_background_session_never_started_is_never_opened_and_get_opens_it() -> None:
     unused, used = Opening(), Opening()
+    unused.gate.set()  # nothing holds it back: only not starting keeps it shut
     used.gate.set()
     with ExitStack() as stack:
         BackgroundSession(stack, unused.open)  # a delta whose source shows no change
