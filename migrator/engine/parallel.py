@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import TypeVar
 
@@ -161,8 +162,7 @@ class BackgroundSession:
     def __init__(self, stack: ExitStack, open_session: Callable[[], AbstractContextManager[Mailbox]]) -> None:
         self._open_session = open_session
         self._opened = ExitStack()
-        self._result: tuple[Mailbox, list[FolderInfo]] | None = None
-        self._error: BaseException | None = None
+        self._outcome: Future[tuple[Mailbox, list[FolderInfo]]] = Future()
         self._thread: threading.Thread | None = None
         stack.callback(self._close)
 
@@ -174,9 +174,9 @@ class BackgroundSession:
     def _open(self) -> None:
         try:
             session = self._opened.enter_context(self._open_session())
-            self._result = session, session.list_folders(sizes=False)
+            self._outcome.set_result((session, session.list_folders(sizes=False)))
         except BaseException as exc:  # handed to the caller's thread by get()
-            self._error = exc
+            self._outcome.set_exception(exc)
 
     def opening(self) -> bool:
         """Started and not done yet."""
@@ -185,12 +185,7 @@ class BackgroundSession:
     def get(self) -> tuple[Mailbox, list[FolderInfo]]:
         """The session and its folders, once opened."""
         self.start()
-        assert self._thread is not None
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        assert self._result is not None
-        return self._result
+        return self._outcome.result()
 
     def _close(self) -> None:
         if self._thread is not None:
