@@ -22,7 +22,8 @@ from migrator.model import CopyTag, FolderChanges, Login, MessageRef, RawMessage
 
 __all__ = ["Contract", "test_append_keeps_content_flags_and_date_and_ids_match_capabilities",
            "test_changes_since_a_cursor_are_what_was_added_flagged_or_deleted",
-           "test_ensure_folder_creates_once_and_keeps_non_ascii_names", "test_find_tagged_finds_our_copies_only",
+           "test_ensure_folder_creates_once_and_keeps_non_ascii_names",
+           "test_ensure_folder_takes_a_folder_someone_made_after_the_list", "test_find_tagged_finds_our_copies_only",
            "test_lists_folders_with_roles_and_keys", "test_read_only_session_refuses_every_write",
            "test_set_flags_and_delete", "test_wrong_credentials_and_unreachable_endpoint_are_typed"]
 
@@ -67,6 +68,21 @@ def test_ensure_folder_creates_once_and_keeps_non_ascii_names(contract: Contract
         assert (was_created, created_again) == (True, False)
         assert created.key == again.key
         assert "Projets/Été 2026" in {f.path for f in mailbox.list_folders()}
+
+
+def test_ensure_folder_takes_a_folder_someone_made_after_the_list(contract: Contract) -> None:
+    """A session trusts the folder list it read (a first pass then creates folders without listing again
+    before each): a folder another client made since (below one the list showed) is found once the server
+    refuses to create it again, taken with its own key and message, and not reported as created: a rollback
+    removes only the folders we created."""
+    contract.plant("Raced", BODY)
+    with open_mailbox(contract.endpoint, contract.login, write=True) as mailbox:
+        mailbox.list_folders(sizes=False)
+        contract.plant("Raced/Deeper", BODY)
+        folder, created = mailbox.ensure_folder("Raced/Deeper", None)
+        assert created is False
+        assert len(mailbox.list_messages(folder)) == 1
+        assert folder.key == {f.path: f.key for f in mailbox.list_folders(sizes=False)}["Raced/Deeper"]
 
 
 def test_append_keeps_content_flags_and_date_and_ids_match_capabilities(contract: Contract) -> None:

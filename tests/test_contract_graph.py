@@ -27,6 +27,7 @@ def contract(cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> Iterator[Contract
     unreachable = GraphEndpoint(graph_config(tenant, base_url=f"https://127.0.0.1:{free_port()}/v1.0"))
 
     def plant(path: str, body: bytes) -> None:
+        tenant.graph.add_folder(ADDRESS, path)  # made as a user would, where missing (IMAP's plant does too)
         tenant.graph.add_message(ADDRESS, path, body)
 
     yield Contract(endpoint, Login(ADDRESS, ADDRESS), Login("nobody@example.org", "nobody@example.org"),

@@ -15,6 +15,7 @@ from migrator.lab.dovecot import DovecotServer, LabUser, free_port
 from migrator.model import FolderChanges, Login, Secret
 from tests.contract import *  # noqa: F403
 from tests.contract import Contract, message
+from tests.faultproxy import FaultProxy
 
 USER = LabUser("carol", "carol-pw")
 # Dovecot's own list minus UIDPLUS, MULTIAPPEND and LITERAL+ (each literal then waits for the server's
@@ -103,3 +104,24 @@ def test_flags_and_deletions_of_many_scattered_messages(dovecot: None, lab_root:
         mailbox.delete(folder, [ref.id for n, ref in enumerate(refs) if n % 2])
         left = {ref.id: ref.flags for ref in mailbox.list_messages(folder)}
     assert left == {ref.id: wanted.get(ref.id, frozenset()) for n, ref in enumerate(refs) if not n % 2}
+
+
+def test_a_session_creates_the_folders_its_list_lacks_without_listing_again(dovecot: None, lab_root: Path) -> None:
+    """A first pass creates most of a mailbox's folders: each costs a CREATE and a STATUS, not also a LIST of
+    the whole mailbox (a round trip and a listing per folder, quadratic in the folders). A folder above one
+    the session created is listed first (that CREATE may have made it, RFC 3501 6.3.3): here Gamma after
+    Gamma/Delta. Counted on the wire."""
+    with DovecotServer(root=lab_root / "srv", name="create", layout="target", users=[USER]) as server, \
+            FaultProxy(("127.0.0.1", server.port)) as proxy:
+        login = Login("carol@example.org", USER.name, Secret(USER.password))
+        with open_mailbox(ImapEndpoint(imap_config(proxy.port)), login, write=True) as mailbox:
+            mailbox.list_folders(sizes=False)
+            made = {path: mailbox.ensure_folder(path, None) for path in ("Alpha", "Alpha/Beta", "Gamma/Delta", "Gamma")}
+            again = mailbox.ensure_folder("Alpha/Beta", None)
+            listed = {f.path: f.key for f in mailbox.list_folders(sizes=False) if f.selectable}
+        proxy.wait_idle()
+        commands = proxy.stats().marks.commands
+    assert {path: created for path, (_folder, created) in made.items()} == dict.fromkeys(made, True)
+    assert again == (made["Alpha/Beta"][0], False)
+    assert {path: folder.key for path, (folder, _created) in made.items()} == {path: listed[path] for path in made}
+    assert (len(commands["LIST"]), len(commands["CREATE"]), len(commands["STATUS"])) == (3, 4, 4)

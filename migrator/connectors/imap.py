@@ -362,6 +362,9 @@ class ImapMailbox:
         self._selected_key = ""
         self._listed: dict[str, FolderInfo] = {}  # selectable folders of this session's last list_folders
         self._listed_statuses: dict[str, dict[bytes, Any]] = {}  # their STATUS, until used (_listed_status)
+        self._names: frozenset[str] | None = None  # every name of that list, selectable or not
+        self._separator: str | None = None  # the hierarchy separator that list showed
+        self._created: list[str] = []  # folders this session created since that list
         self.role = role
         self._qresync = False  # track_changes()
         with _translated(role, context):
@@ -420,6 +423,9 @@ class ImapMailbox:
             folders.append(FolderInfo(name, separator, role, key, count, size, selectable))
         self._listed = {f.path: f for f in folders if f.selectable}
         self._listed_statuses = {path: statuses[path] for path in self._listed}
+        self._names = frozenset(f.path for f in folders)
+        self._separator = next((f.separator for f in folders if f.separator), None)
+        self._created = []
         return folders
 
     def _listed_status(self, path: str, item: bytes) -> dict[bytes, Any]:
@@ -453,20 +459,54 @@ class ImapMailbox:
     def ensure_folder(self, path: str, role: Role | None) -> tuple[FolderInfo, bool]:
         """A folder this session's list_folders saw is taken as listed (its UIDVALIDITY from that STATUS):
         a copy pass lists the target once, then asks for every routed folder. Should the folder be recreated
-        in between, every later use of it checks the key (SELECT, STATUS, APPENDUID) and stops the folder."""
+        in between, every later use of it checks the key (SELECT, STATUS, APPENDUID) and stops the folder.
+
+        A folder that list did not show is created at once (CREATE, STATUS), without listing again: a first
+        pass creates most of a mailbox's folders, and a LIST before each cost a round trip and a listing of
+        the whole mailbox per folder (quadratic in its folders). The folder is listed first only where the
+        list may be out of date by this session's own doing (a CREATE of a folder below it may have made
+        it, RFC 3501 6.3.3) or shows it unselectable, or where no list was read; a refused CREATE is
+        checked against a new list (someone made the folder meanwhile: it is taken, not ours)."""
         seen = self._listed.get(path)
         if seen is not None and seen.key is not None:
             return FolderInfo(path, seen.separator, seen.role, seen.key), False
-        listed = {name: (separator, found_role, selectable)
-                  for name, separator, found_role, selectable in self._list()[0]}
-        separator = next((sep for sep, _r, _s in listed.values() if sep), None)
-        if path in listed and listed[path][2]:
-            return FolderInfo(path, listed[path][0], listed[path][1], self._keep_status(path)), False
+        if self._surely_absent(path):
+            try:
+                return self._create(path, role, self._separator), True
+            except FolderFailed as refused:
+                existing = self._existing(path)
+                if existing is None:
+                    raise refused from None
+                return existing, False
+        existing = self._existing(path)
+        if existing is not None:
+            return existing, False
+        return self._create(path, role, self._separator), True
+
+    def _surely_absent(self, path: str) -> bool:
+        """The session's last list lacks `path`, and no folder this session created since lies below it."""
+        if self._names is None or path in self._names:
+            return False
+        below = f"{path}{self._separator}" if self._separator else path
+        return not any(created.startswith(below) for created in self._created)
+
+    def _existing(self, path: str) -> FolderInfo | None:
+        """The folder if a new LIST shows it selectable (its UIDVALIDITY read), else None."""
+        listing = self._list()[0]
+        self._separator = next((separator for _n, separator, _r, _s in listing if separator), self._separator)
+        found = next(((separator, role) for name, separator, role, selectable in listing
+                      if name == path and selectable), None)
+        if found is None:
+            return None
+        return FolderInfo(path, found[0], found[1], self._keep_status(path))
+
+    def _create(self, path: str, role: Role | None, separator: str | None) -> FolderInfo:
         with _translated(self.role, f"{self.context} CREATE {path!r}"):
             self.client.create_folder(path)
+        self._created.append(path)
         created = FolderInfo(path, separator, role, self._keep_status(path))
         self._listed[path] = created
-        return created, True
+        return created
 
     def _keep_status(self, path: str) -> str:
         """The folder's UIDVALIDITY, its STATUS kept for the folder's watermark() (_listed_status)."""

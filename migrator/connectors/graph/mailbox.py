@@ -95,6 +95,7 @@ class GraphMailbox:
         self.context = f"{client.describe()} {address}"
         self.max_message_size = max_message_size
         self._ids: dict[str, str] = {}  # folder path -> Graph id
+        self._walked = False  # the folder tree was read in this session (_ids holds it)
         self._role_ids: dict[str, Role] | None = None  # Graph id -> role, read once a session
         self._pool = ThreadPoolExecutor(max_workers=MAILBOX_CONCURRENCY, thread_name_prefix="graph")
         self._waited_before = client.gate(address).throttled_seconds
@@ -163,6 +164,7 @@ class GraphMailbox:
         with translated(f"{self.context} folders"):
             walked = list(self._walk(self._url("/mailFolders?$top=250"), ""))
         self._ids = {path: str(folder["id"]) for path, folder in walked}
+        self._walked = True
         return walked
 
     def list_folders(self, *, sizes: bool = True) -> list[FolderInfo]:
@@ -193,18 +195,20 @@ class GraphMailbox:
 
     def ensure_folder(self, path: str, role: Role | None) -> tuple[FolderInfo, bool]:
         """The folder at `path`, created level by level where missing. The tree read earlier in this
-        session is trusted for folders it has; a path it lacks is looked up once more before creating."""
-        if path not in self._ids:
+        session is trusted, for folders it lacks too: a first pass creates most of a mailbox's folders, and
+        reading the tree again before each (a request per folder with children) cost requests of the
+        mailbox's budget per folder. A folder someone made meanwhile is refused as ErrorFolderExists, and
+        then taken (_create_folder). Without a tree read yet, it is read first."""
+        if not self._walked:
             self._tree()
         if path in self._ids:
             return self._info(path), False
-        parent = ""
+        parent, created = "", False
         for part in path.split(SEPARATOR):
             here = f"{parent}{SEPARATOR}{part}" if parent else part
-            if here not in self._ids:
-                self._create_folder(parent, part, here)
+            created = here not in self._ids and self._create_folder(parent, part, here)
             parent = here
-        return self._info(path), True
+        return self._info(path), created
 
     def _info(self, path: str) -> FolderInfo:
         folder_id = self._ids[path]
@@ -212,15 +216,19 @@ class GraphMailbox:
             role = self._roles().get(folder_id)
         return FolderInfo(path, SEPARATOR, role, folder_key(folder_id))
 
-    def _create_folder(self, parent: str, name: str, path: str) -> None:
+    def _create_folder(self, parent: str, name: str, path: str) -> bool:
+        """True if this request made the folder; False if someone else had made it (then it is not ours: a
+        rollback must never remove it)."""
         url = self._url(f"/mailFolders/{self._ids[parent]}/childFolders" if parent else "/mailFolders")
         try:
             created = self.client.call("POST", url, self.address, json={"displayName": name}).json()
-            self._ids[path] = str(created["id"])
         except GraphError as exc:
             if exc.code != "ErrorFolderExists":  # created by someone else meanwhile: use it
                 raise translate(exc, f"{self.context} create folder {name!r}") from None
             self._tree()
+            return False
+        self._ids[path] = str(created["id"])
+        return True
 
     def remove_folder(self, folder: FolderInfo) -> None:
         try:
