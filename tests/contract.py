@@ -8,19 +8,20 @@ do is declared in its Capabilities and checked here, never skipped.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from migrator.connectors.base import Endpoint, open_mailbox
+from migrator.connectors.base import Endpoint, Mailbox, open_mailbox
 from migrator.engine.verify import FILLED_IN_BY_TARGET
-from migrator.errors import AuthFailed, StateError, Unreachable
+from migrator.errors import AuthFailed, FolderFailed, ItemFailed, StateError, Unreachable
 from migrator.fingerprint import fingerprint_fields
-from migrator.model import CopyTag, FolderChanges, Login, MessageRef, RawMessage, Role
+from migrator.model import CopyTag, FolderChanges, FolderInfo, Login, MessageRef, RawMessage, Role
 
-__all__ = ["Contract", "test_append_keeps_content_flags_and_date_and_ids_match_capabilities",
+__all__ = ["Contract", "test_append_folders_stores_each_batch_and_keeps_a_refusal_to_its_own_batch",
+           "test_append_keeps_content_flags_and_date_and_ids_match_capabilities",
            "test_changes_since_a_cursor_are_what_was_added_flagged_or_deleted",
            "test_ensure_folder_creates_once_and_keeps_non_ascii_names",
            "test_ensure_folder_takes_a_folder_someone_made_after_the_list", "test_find_tagged_finds_our_copies_only",
@@ -92,10 +93,35 @@ def test_append_keeps_content_flags_and_date_and_ids_match_capabilities(contract
     with open_mailbox(contract.endpoint, contract.login, write=True) as mailbox:
         folder, _ = mailbox.ensure_folder("Contract", None)
         ids = mailbox.append(folder, sent)
-        caps = mailbox.capabilities()
-        assert all(i is not None for i in ids) == caps.append_returns_ids
-        listing = mailbox.list_messages(folder)
-        fetched = {m.ref.id: m for m in mailbox.fetch(folder, listing)}
+        assert_stored_as_sent(mailbox, folder, sent, ids)
+
+
+def test_append_folders_stores_each_batch_and_keeps_a_refusal_to_its_own_batch(contract: Contract) -> None:
+    """A pass's staged folders go to the target together (append_folders): each batch is stored in its own
+    folder as `append` stores it, and a batch the target refuses (its folder is gone) is that batch's
+    outcome alone, before and after it the others are stored."""
+    one = [message(BODY, frozenset({"\\Seen"})), message(BODY.replace(b"hello", b"two"), frozenset({"Work"}))]
+    three = [message(BODY.replace(b"hello", b"three"), frozenset({"\\Flagged"}),
+                     datetime(2020, 2, 29, 12, 0, tzinfo=UTC))]
+    with open_mailbox(contract.endpoint, contract.login, write=True) as mailbox:
+        first, _ = mailbox.ensure_folder("Stage One", None)
+        gone, _ = mailbox.ensure_folder("Stage Gone", None)
+        third, _ = mailbox.ensure_folder("Stage Three", None)
+        mailbox.remove_folder(gone)
+        outcomes = mailbox.append_folders([(first, one), (gone, [message(BODY)]), (third, three)])
+        assert len(outcomes) == 3 and isinstance(outcomes[1], FolderFailed)
+        for folder, sent, ids in ((first, one, outcomes[0]), (third, three, outcomes[2])):
+            assert not isinstance(ids, Exception)
+            assert_stored_as_sent(mailbox, folder, sent, ids)
+
+
+def assert_stored_as_sent(mailbox: Mailbox, folder: FolderInfo, sent: Sequence[RawMessage],
+                          ids: Sequence[str | ItemFailed | None]) -> None:
+    """`folder` holds `sent` as the capabilities promise (bytes or content, flags, dates), and `ids` are the
+    copies' ids where the target names them."""
+    caps = mailbox.capabilities()
+    assert all(i is not None for i in ids) == caps.append_returns_ids
+    fetched = {m.ref.id: m for m in mailbox.fetch(folder, mailbox.list_messages(folder))}
     content = (lambda body: body) if caps.preserves_bytes else content_key
     assert sorted(content(m.body) for m in fetched.values()) == sorted(content(m.body) for m in sent)
     for original in sent:

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 
 from migrator.config import EndpointConfig
 from migrator.connectors.base import open_mailbox
-from migrator.connectors.imap import LISTING_SLICE, ImapEndpoint
+from migrator.connectors.imap import LISTING_SLICE, ImapEndpoint, ImapMailbox
 from migrator.errors import AuthFailed
 from migrator.lab.dovecot import DovecotServer, LabUser, free_port
 from migrator.model import FolderChanges, Login, Secret
 from tests.contract import *  # noqa: F403
-from tests.contract import Contract, message
+from tests.contract import BODY, Contract, message
 from tests.faultproxy import FaultProxy
 
 USER = LabUser("carol", "carol-pw")
@@ -125,3 +126,26 @@ def test_a_session_creates_the_folders_its_list_lacks_without_listing_again(dove
     assert again == (made["Alpha/Beta"][0], False)
     assert {path: folder.key for path, (folder, _created) in made.items()} == {path: listed[path] for path in made}
     assert (len(commands["LIST"]), len(commands["CREATE"]), len(commands["STATUS"])) == (3, 4, 4)
+
+
+def test_append_folders_writes_every_append_before_it_reads_a_reply(dovecot: None, lab_root: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """What append_folders is for: with LITERAL+ the APPENDs of a pass's staged folders cost one round trip
+    together, where one each cost a round trip to a distant target. A spy on the session's writes and reply
+    reads: every APPEND is written before the first reply is read, one reply each, and each batch stored."""
+    sent = {"A": [message(BODY), message(BODY.replace(b"hello", b"two"))], "B": [message(BODY.replace(b"o", b"0"))]}
+    with DovecotServer(root=lab_root / "srv", name="together", layout="target", users=[USER]) as server, \
+            open_mailbox(ImapEndpoint(imap_config(server.port)), Login("carol@example.org", USER.name,
+                                                                        Secret(USER.password)), write=True) as mailbox:
+        folders = [mailbox.ensure_folder(path, None)[0] for path in sent]
+        imap = cast(ImapMailbox, mailbox).client._imap
+        events: list[str] = []
+        write, read = imap.send, imap._command_complete
+        monkeypatch.setattr(imap, "send", lambda data: (events.append("write"), write(data))[1])
+        monkeypatch.setattr(imap, "_command_complete", lambda *args: (events.append("read"), read(*args))[1])
+        outcomes = mailbox.append_folders([(folder, sent[folder.path]) for folder in folders])
+        monkeypatch.undo()
+        stored = {folder.path: len(mailbox.list_messages(folder)) for folder in folders}
+    assert events.count("read") == 2 and "write" not in events[events.index("read"):]
+    assert [len(ids) for ids in outcomes if not isinstance(ids, Exception)] == [2, 1]
+    assert stored == {"A": 2, "B": 1}

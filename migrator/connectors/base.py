@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from migrator.errors import ItemFailed, StateError
+from migrator.errors import FolderFailed, ItemFailed, StateError
 from migrator.model import (
     Capabilities,
     CopyTag,
@@ -35,6 +35,10 @@ class Probe:
     security: str
     capabilities: frozenset[str]
     admin_login: bool
+
+
+FolderBatch = tuple[FolderInfo, Sequence[RawMessage]]  # messages to append to one folder
+AppendOutcome = Sequence[str | ItemFailed | None] | ItemFailed | FolderFailed  # of one batch (append_folders)
 
 
 class Mailbox(Protocol):
@@ -69,6 +73,16 @@ class Mailbox(Protocol):
 
         Raises ItemFailed (the message is refused for good; a bulk append stores every message or none,
         RFC 3502), MailboxFailed (quota full) or Transient.
+        """
+        ...
+
+    def append_folders(self, batches: Sequence[FolderBatch]) -> list[AppendOutcome]:
+        """`append` of each (folder, messages) batch in order, as one exchange where the server allows it
+        (IMAP with LITERAL+: every APPEND written at once and the replies read after, one round trip for
+        all where one each cost a round trip; a delta pass copies a few messages into many folders). Each
+        batch's outcome is its own, its ids or the ItemFailed or FolderFailed that refused it, and the
+        others go on. Raises what `append` raises beyond those (MailboxFailed, Throttled, Transient) once
+        the batches sent are answered.
         """
         ...
 
@@ -174,6 +188,9 @@ class ReadOnlyMailbox:
     def append(self, folder: FolderInfo, messages: Sequence[RawMessage]) -> Sequence[str | ItemFailed | None]:
         raise self._refuse(f"append to {folder.path!r}")
 
+    def append_folders(self, batches: Sequence[FolderBatch]) -> list[AppendOutcome]:
+        raise self._refuse(f"append to {', '.join(repr(folder.path) for folder, _messages in batches)}")
+
     def set_flags(self, folder: FolderInfo, flags: Mapping[str, frozenset[str]]) -> None:
         raise self._refuse(f"change flags in {folder.path!r}")
 
@@ -182,6 +199,17 @@ class ReadOnlyMailbox:
 
     def remove_folder(self, folder: FolderInfo) -> None:
         raise self._refuse(f"remove folder {folder.path!r}")
+
+
+def append_each(mailbox: Mailbox, batches: Sequence[FolderBatch]) -> list[AppendOutcome]:
+    """Mailbox.append_folders one batch after another, for sessions that cannot send them together."""
+    outcomes: list[AppendOutcome] = []
+    for folder, messages in batches:
+        try:
+            outcomes.append(mailbox.append(folder, messages))
+        except (ItemFailed, FolderFailed) as exc:
+            outcomes.append(exc)
+    return outcomes
 
 
 @contextmanager

@@ -29,7 +29,7 @@ from imapclient.util import chunk
 
 from migrator.config import EndpointConfig
 from migrator.connectors import imap_fetch
-from migrator.connectors.base import Probe
+from migrator.connectors.base import AppendOutcome, FolderBatch, Probe, append_each
 from migrator.errors import (
     AuthFailed,
     FolderFailed,
@@ -63,6 +63,9 @@ _LISTING = b"(UID FLAGS INTERNALDATE RFC822.SIZE)"
 T = TypeVar("T")
 _APPENDUID = re.compile(rb"\[APPENDUID (\d+) ([0-9:,]+)\]")
 _BACKOFF = re.compile(rb"Suggested Backoff Time: (\d+) milliseconds", re.IGNORECASE)
+# imapclient raises an abort when a server answers a command (NO, BAD) where it waited to send a literal
+# (RFC 3501 7.5: the server refuses the command instead of asking for its literal); the connection is fine.
+_REFUSED_BEFORE_LITERAL = re.compile(rb"waiting for continuation response: \('(?:NO|BAD)'")
 FETCH_CHUNK = 200
 _STATUS_ALWAYS = (b"UIDVALIDITY", b"UIDNEXT")  # what every STATUS of ours asks (ImapMailbox._status)
 LISTING_SLICE = 2000
@@ -90,6 +93,8 @@ def classify_failure(exc: BaseException, context: str, endpoint: str | None = No
         return MailboxFailed(f"{context}: target quota full: {reason}", reason="quota")
     if b"[TOOBIG]" in raw or b"[LIMIT]" in raw or b"too large" in raw.lower():
         return ItemFailed(f"{context}: refused as too large: {reason}", reason="too-large")
+    if isinstance(exc, imap_errors.IMAPClientAbortError) and _REFUSED_BEFORE_LITERAL.search(raw):
+        return FolderFailed(f"{context}: server said: {reason}")
     if isinstance(exc, imap_errors.IMAPClientAbortError | OSError | EOFError):
         return Transient(f"{context}: connection lost: {reason or type(exc).__name__}")
     return FolderFailed(f"{context}: server said: {reason}")
@@ -262,12 +267,12 @@ def _close(client: Any) -> None:
 _WRITE_BYTES = 256 * 1024
 
 
-def _append_command(imap: Any, mailbox: bytes, entries: Sequence[tuple[bytes, bytes, bytes]]) -> tuple[str, list[Any]]:
-    """An APPEND of (flags, INTERNALDATE, body) entries with non-synchronising literals (LITERAL+, RFC 7888),
-    written in a few large socket writes and answered like imapclient's raw command. imapclient writes each
-    argument and literal on its own, four writes per message: for small messages, the writes and the small
-    TCP segments they make cost more of both ends' CPU than the bytes do."""
-    tag = imap._new_tag()
+def _write_append(imap: Any, mailbox: bytes, entries: Sequence[tuple[bytes, bytes, bytes]]) -> bytes:
+    """Write an APPEND of (flags, INTERNALDATE, body) entries with non-synchronising literals (LITERAL+,
+    RFC 7888) in a few large socket writes; returns its tag, for the reply to be read (_replies).
+    imapclient writes each argument and literal on its own, four writes per message: for small messages,
+    the writes and the small TCP segments they make cost more of both ends' CPU than the bytes do."""
+    tag: bytes = imap._new_tag()
     pending: list[bytes] = [tag, b" APPEND ", mailbox]
     size = 0
     for flags, date, body in entries:
@@ -284,10 +289,21 @@ def _append_command(imap: Any, mailbox: bytes, entries: Sequence[tuple[bytes, by
             pending, size = [], 0
     pending.append(b"\r\n")
     imap.send(b"".join(pending))
-    typ: str
-    data: list[Any]
-    typ, data = imap._command_complete("APPEND", tag)
-    return typ, data
+    return tag
+
+
+def _replies(imap: Any, name: str, tags: Sequence[bytes]) -> list[tuple[str, list[Any]]]:
+    """The tagged replies of commands written before (in order), each read even when one before it was
+    refused (a BAD is that command's reply), so that the session stays in step; a lost connection raises."""
+    replies: list[tuple[str, list[Any]]] = []
+    for tag in tags:
+        try:
+            replies.append(imap._command_complete(name, tag))
+        except imap_errors.IMAPClientAbortError:
+            raise
+        except imap_errors.IMAPClientError as exc:
+            replies.append(("BAD", [str(exc).encode()]))
+    return replies
 
 
 # Of a UID set in one command: RFC 7162 section 4 asks clients to keep command lines to about 8,192 octets,
@@ -570,22 +586,57 @@ class ImapMailbox:
         if len(messages) > 1 and "MULTIAPPEND" not in self._caps:
             return [uid for message in messages for uid in self.append(folder, [message])]
         mailbox = self.client._normalise_folder(folder.path)
-        entries = [(_flag_list(m.ref.flags), imap_fetch.format_internal_date(m.ref.internal_date), m.body)
-                   for m in messages]
+        entries = _append_entries(messages)
         context = f"{self.context} APPEND to {folder.path!r}"
         with _translated(self.role, context):
-            if "LITERAL+" in self._caps and all(flags.isascii() for flags, _date, _body in entries):
-                typ, data = _append_command(self.client._imap, mailbox, entries)
+            if self._literal_plus(entries):
+                ((typ, data),) = _replies(self.client._imap, "APPEND", [_write_append(self.client._imap, mailbox,
+                                                                                        entries)])
             else:  # each literal waits for the server's go-ahead: imapclient's path
                 args = [arg for flags, date, body in entries
                         for arg in (b"(" + flags + b")", b'"' + date + b'"', _literal(body))]
                 typ, data = self.client._raw_command(b"APPEND", [mailbox, *args], uid=False)
+        return self._appended(folder, len(messages), typ, data, context)
+
+    def append_folders(self, batches: Sequence[FolderBatch]) -> list[AppendOutcome]:
+        """With LITERAL+ (and MULTIAPPEND for batches of more than one message), the APPENDs are written
+        at once and their replies read after (RFC 3501 5.5: a server may take commands before the ones
+        before them are answered); otherwise one after the other."""
+        entries = [_append_entries(messages) for _folder, messages in batches]
+        if len(batches) < 2 or not all(self._literal_plus(e) for e in entries) or (
+                "MULTIAPPEND" not in self._caps and any(len(messages) > 1 for _folder, messages in batches)):
+            return append_each(self, batches)
+        imap = self.client._imap
+        with _translated(self.role, f"{self.context} APPEND to {len(batches)} folders"):
+            tags = [_write_append(imap, self.client._normalise_folder(folder.path), folder_entries)
+                    for (folder, _messages), folder_entries in zip(batches, entries, strict=True)]
+            replies = _replies(imap, "APPEND", tags)
+        outcomes: list[AppendOutcome] = []
+        beyond: list[MigratorError] = []  # refusals that are not the batch's own (quota, throttling)
+        for (folder, messages), (typ, data) in zip(batches, replies, strict=True):
+            try:
+                outcomes.append(self._appended(folder, len(messages), typ, data,
+                                               f"{self.context} APPEND to {folder.path!r}"))
+            except (ItemFailed, FolderFailed) as exc:
+                outcomes.append(exc)
+            except MigratorError as exc:
+                beyond.append(exc)
+        if beyond:
+            raise beyond[0]
+        return outcomes
+
+    def _literal_plus(self, entries: Sequence[tuple[bytes, bytes, bytes]]) -> bool:
+        """Whether these APPEND entries can be written without waiting for the server (_write_append)."""
+        return "LITERAL+" in self._caps and all(flags.isascii() for flags, _date, _body in entries)
+
+    def _appended(self, folder: FolderInfo, count: int, typ: str, data: list[Any], context: str) -> list[str | None]:
+        """The ids of an APPEND's `count` messages from its reply; a refusal raises as classify_failure says."""
         text = b" ".join(d for d in data if isinstance(d, bytes))
         if typ != "OK":
             raise classify_failure(imap_errors.IMAPClientError(text.decode("utf-8", "replace")), context, self.role)
         if "UIDPLUS" not in self._caps:  # an unadvertised APPENDUID is not a promise: callers search instead
-            return [None] * len(messages)
-        return _appended_uids(text, folder, len(messages))
+            return [None] * count
+        return _appended_uids(text, folder, count)
 
     def find_tagged(self, folder: FolderInfo, tags: Sequence[CopyTag], since: str | None) -> dict[CopyTag, list[str]]:
         self._select(folder, write=False)
@@ -697,6 +748,11 @@ class ImapMailbox:
         self._listed.pop(folder.path, None)
         with _translated(self.role, f"{self.context} DELETE {folder.path!r}"):
             self.client.delete_folder(folder.path)
+
+
+def _append_entries(messages: Sequence[RawMessage]) -> list[tuple[bytes, bytes, bytes]]:
+    """(flags, INTERNALDATE, body) of each message, as an APPEND writes them."""
+    return [(_flag_list(m.ref.flags), imap_fetch.format_internal_date(m.ref.internal_date), m.body) for m in messages]
 
 
 def _appended_uids(text: bytes, folder: FolderInfo, count: int) -> list[str | None]:

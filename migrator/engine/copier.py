@@ -182,24 +182,24 @@ class FolderCopier:
 
     def send(self, messages: Sequence[RawMessage], ids: Sequence[int]) -> None:
         """Hand a batch whose intents are committed (ledger `ids`, in order) to the target."""
-        batch = self._accepted(messages, ids)
+        batch = self.accepted(messages, ids)
         if not batch.messages:
             return
-        self._pace(batch)
+        self.pace(batch)
         if not self.lane.pipelined:
             _append(self.ctx, self.journal, self.lane.idle(), self.folder, self.target, batch.messages,
                     batch.ledger_ids)
             return
         target = self.target
         self.lane.send(lambda dst: dst.append(target, batch.messages),
-                       lambda dst, results: self._record(dst, results, batch), self)
+                       lambda dst, results: self.record(dst, results, batch), self)
 
     def finish(self, then: Callable[[], None], failed: Callable[[FolderFailed], None]) -> None:
         """Nothing more to send: `then` (the folder's end) runs once its last APPEND is recorded, which the
         next folder need not wait for."""
         self.lane.leave(self, then, failed)
 
-    def _accepted(self, messages: Sequence[RawMessage], ids: Sequence[int]) -> _Batch:
+    def accepted(self, messages: Sequence[RawMessage], ids: Sequence[int]) -> _Batch:
         """The batch to send: messages over the target's size limit are refused (recorded as failed) instead."""
         limit = self._limit
         ledger_ids = dict(zip([m.ref.id for m in messages], ids, strict=True))
@@ -209,11 +209,11 @@ class FolderCopier:
                         ItemFailed(f"{len(message.body)} bytes is over the target's limit of {limit}", "too-large"))
         return _Batch([m for m in messages if limit is None or len(m.body) <= limit], ledger_ids)
 
-    def _pace(self, batch: _Batch) -> None:
+    def pace(self, batch: _Batch) -> None:
         waited = self.ctx.target_pacer.acquire(len(batch.messages), sum(len(m.body) for m in batch.messages))
         count_wait(self.ctx, self.journal, waited)
 
-    def _record(self, dst: Mailbox, results: AppendResults | ItemFailed, batch: _Batch) -> None:
+    def record(self, dst: Mailbox, results: AppendResults | ItemFailed, batch: _Batch) -> None:
         """A clean APPEND's done rows (every copy's id known) go with the pass's next commit (Journal.done_later)."""
         _recorded(self.ctx, self.journal, dst, self.folder, self.target, batch.messages, batch.ledger_ids,
                   results, self._watermark, self.journal.done_later if _clean(results) else self.journal.done)
@@ -230,9 +230,11 @@ class StagedFolder:
 
 class FolderStage:
     """Folders whose new mail fits one batch, copied together: their intents in one commit, then an APPEND
-    per folder. A delta pass finds a few new messages in many folders, and a commit each (an fsync that
-    every worker takes in turn) cost more than their APPENDs. Holds at most one batch's messages and bytes;
-    what is staged and not yet flushed is neither recorded nor sent, so a crash or a stop loses nothing."""
+    per folder, written together where the target names ids (Mailbox.append_folders). A delta pass finds a
+    few new messages in many folders, and a commit each (an fsync that every worker takes in turn) cost
+    more than their APPENDs; to a distant target, so did a round trip each. Holds at most one batch's
+    messages and bytes; what is staged and not yet flushed is neither recorded nor sent, so a crash or a
+    stop loses nothing."""
 
     def __init__(self, ctx: RunContext, journal: Journal, bounds: tuple[int, int],
                  folder_failed: Callable[[FolderFailed], None]) -> None:
@@ -260,14 +262,41 @@ class FolderStage:
                    for entry in staged]
         rows = [copier.intents(entry.messages) for copier, entry in zip(copiers, staged, strict=True)]
         ids = iter(self.journal.intents([row for folder_rows in rows for row in folder_rows]))
-        for copier, entry, folder_rows in zip(copiers, staged, rows, strict=True):
-            own = [next(ids) for _row in folder_rows]
+        owned = [[next(ids) for _row in folder_rows] for folder_rows in rows]
+        if lane.pipelined and len(staged) > 1:
+            self._append_together(lane, copiers, staged, owned)
+            return
+        for copier, entry, own in zip(copiers, staged, owned, strict=True):
             try:
                 with copier:
                     copier.send(entry.messages, own)
                     copier.finish(entry.then, self.folder_failed)
             except FolderFailed as exc:
                 self.folder_failed(exc)
+
+    def _append_together(self, lane: AppendLane, copiers: Sequence[FolderCopier], staged: Sequence[StagedFolder],
+                         owned: Sequence[Sequence[int]]) -> None:
+        """The staged folders' APPENDs as one exchange (Mailbox.append_folders: one round trip for all, where
+        one each cost a round trip to a distant target), each folder's outcome recorded as its own APPEND's
+        would be, and its end (`then`) run once it is."""
+        batches = [copier.accepted(entry.messages, own) for copier, entry, own in zip(copiers, staged, owned,
+                                                                                        strict=True)]
+        sending = [(copier, batch) for copier, batch in zip(copiers, batches, strict=True) if batch.messages]
+        for copier, batch in sending:
+            copier.pace(batch)
+        dst = lane.idle()
+        outcomes = iter(dst.append_folders([(copier.target, batch.messages) for copier, batch in sending]))
+        for copier, entry, batch in zip(copiers, staged, batches, strict=True):
+            try:
+                if batch.messages:
+                    outcome = next(outcomes)
+                    if isinstance(outcome, FolderFailed):
+                        raise outcome
+                    copier.record(dst, outcome, batch)
+            except FolderFailed as exc:
+                self.folder_failed(exc)
+                continue
+            entry.then()
 
 
 def count_wait(ctx: RunContext, journal: Journal, seconds: float) -> None:

@@ -39,6 +39,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+from migrator.connectors.base import AppendOutcome, FolderBatch, append_each
 from migrator.connectors.graph import mime
 from migrator.connectors.graph.client import (
     MAILBOX_CONCURRENCY,
@@ -322,6 +323,9 @@ class GraphMailbox:
 
     def watermark(self, folder: FolderInfo) -> str | None:
         return None  # copies are found by their tag, not by position
+
+    def append_folders(self, batches: Sequence[FolderBatch]) -> list[AppendOutcome]:
+        return append_each(self, batches)  # each batch's messages are already sent in parallel requests
 
     def append(self, folder: FolderInfo, messages: Sequence[RawMessage]) -> Sequence[str | ItemFailed | None]:
         folder_id = self._folder_id(folder)
