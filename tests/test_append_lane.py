@@ -146,7 +146,12 @@ def test_a_folder_with_nothing_in_flight_ends_at_once() -> None:
 
 
 def test_a_target_that_names_no_ids_gets_no_thread() -> None:
+    """Copies to such a target are searched for right after their APPEND, on the caller's thread: its lane
+    starts no thread and takes no APPEND to run on one."""
+    threads = threading.active_count()
     appends = lane(names_ids=False)
     assert not appends.pipelined
-    with appends, pytest.raises(AssertionError):
+    with appends, pytest.raises(RuntimeError, match="does not name ids"):
+        appends.idle()
         appends.send(Log().append("A", [None]), Log().record("A"), object())
+    assert threading.active_count() == threads

@@ -100,7 +100,8 @@ class AppendLane:
     def send(self, append: Callable[[Mailbox], AppendResults], record: Record, owner: object) -> None:
         """Start `append` once the APPEND in flight has ended; that one's outcome is recorded while the new
         one runs, unless recording needs the session (ids to search for, a refused batch to retry)."""
-        assert self._pool is not None, "a target that does not name ids appends on `idle()`"
+        if self._pool is None:
+            raise RuntimeError("a target that does not name ids appends on `idle()`, not through `send`")
         finished, self._sent = self._sent, None
         outcome = _outcome(finished.future) if finished is not None else None
         if finished is not None and outcome is not None and not _clean(outcome):
