@@ -11,7 +11,7 @@ from typing import Any, cast
 import pytest
 
 from migrator.connectors.base import Mailbox
-from migrator.engine.parallel import BackgroundSession, OnPair, SessionBudget, SessionPair, run_folders
+from migrator.engine.parallel import BackgroundSession, OnPair, SessionBudget, SessionPair, opener, run_folders
 from migrator.errors import FolderFailed, Throttled, Transient
 from migrator.model import FolderInfo
 
@@ -251,3 +251,21 @@ def test_a_background_session_never_started_is_never_opened_and_get_opens_it() -
         BackgroundSession(stack, unused.open)  # a delta whose source shows no change
         assert BackgroundSession(stack, used.open).get()[0] is used
     assert unused.log == [] and used.log[0] == "logged in" and used.log[-1] == "closed"
+
+
+def test_an_extra_pair_logs_in_to_both_servers_at_once() -> None:
+    """The source's login waits here for the target's to have happened: opened one after the other (source
+    first), it would wait in vain. The extra target session lists no folders, and both close with the stack."""
+    source, target = Opening(), Opening()
+    target.gate.set()
+
+    @contextmanager
+    def open_target() -> Iterator[Mailbox]:
+        with target.open() as session:
+            source.gate.set()
+            yield session
+
+    with ExitStack() as stack:
+        assert opener(source.open, open_target)(stack) == (source, target)
+        assert target.log == ["logged in"] and source.log == ["logged in"]
+    assert source.log[-1] == target.log[-1] == "closed"
