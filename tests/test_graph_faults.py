@@ -261,6 +261,20 @@ def test_request_budget_is_kept_by_pacing_not_by_429s(one_mailbox_tenant: OneMai
     assert graph.throttled == 0, "the budget was kept by pacing, not discovered through 429s"
 
 
+def test_a_stage_of_folders_is_created_at_once_not_folder_after_folder(one_mailbox_tenant: OneMailbox) -> None:
+    """A delta brings a message or two into many folders; append_folders sends every folder's creates at once
+    over the mailbox's request slots (4 per app and mailbox). With 0.3 s of latency held per request, creates
+    sent folder after folder never overlap; here they do, and each lands in its own folder."""
+    endpoint, graph = one_mailbox_tenant(latency_seconds=0.3)
+    with open_mailbox(endpoint, LOGIN, write=True) as mailbox:
+        folders = [mailbox.ensure_folder(f"Stage {n}", None)[0] for n in range(4)]
+        graph.peak_inflight = 0
+        outcomes = mailbox.append_folders([(folder, [mail(n)]) for n, folder in enumerate(folders)])
+        assert graph.peak_inflight >= 2, "the folders' creates were sent one after the other"
+        assert all(not isinstance(ids, Exception) and len(ids) == 1 for ids in outcomes)
+        assert [len(mailbox.list_messages(folder)) for folder in folders] == [1, 1, 1, 1]
+
+
 def test_503_and_502_are_retried_by_the_client_on_reads_and_writes(one_mailbox_tenant: OneMailbox) -> None:
     """503 (Retry-After 1) on creates, a listing and $value, 502 on $value: retried inside the client, so the
     caller sees none of them; the refused creates were not applied and every message is there once."""

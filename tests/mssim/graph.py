@@ -363,6 +363,7 @@ class GraphSimulator(ImportExportApi):
         self._seen_tokens: set[str] = set()
         self._revoked: set[str] = set()
         self._inflight: dict[tuple[str, str], int] = {}
+        self.peak_inflight = 0  # the most requests one app had in flight on one mailbox at once (instrumentation)
         self._windows: dict[tuple[str, str], deque[float]] = {}
         self._uploads: dict[tuple[str, str], deque[tuple[float, int]]] = {}
         self._sessions: dict[str, _UploadSession] = {}
@@ -715,6 +716,7 @@ class GraphSimulator(ImportExportApi):
                 if upload_bytes:
                     uploads.append((now, upload_bytes))
                 self._inflight[key] = self._inflight.get(key, 0) + 1
+                self.peak_inflight = max(self.peak_inflight, self._inflight[key])
                 return None
             self.throttled += 1
         # The concurrency refusal's code and text are the ones Outlook sends (ApplicationThrottled, "Application is

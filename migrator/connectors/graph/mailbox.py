@@ -325,7 +325,27 @@ class GraphMailbox:
         return None  # copies are found by their tag, not by position
 
     def append_folders(self, batches: Sequence[FolderBatch]) -> list[AppendOutcome]:
-        return append_each(self, batches)  # each batch's messages are already sent in parallel requests
+        """Every batch's messages created at once, sharing the mailbox's request slots (MAILBOX_CONCURRENCY),
+        not folder after folder: a delta pass brings a few messages into many folders, and each folder's
+        creates were a round of requests of their own. A folder that cannot be found is its batch's
+        outcome alone. Native imports (through the staging folder) go batch by batch."""
+        if any(message.format == FORMAT for _folder, messages in batches for message in messages):
+            return append_each(self, batches)
+        outcomes: list[AppendOutcome] = []
+        creates: list[tuple[list[str | ItemFailed], str, RawMessage]] = []
+        for folder, messages in batches:
+            results: list[str | ItemFailed] = []
+            try:
+                folder_id = self._folder_id(folder)
+            except FolderFailed as exc:
+                outcomes.append(exc)
+                continue
+            outcomes.append(results)
+            creates.extend((results, folder_id, message) for message in messages)
+        created = self._parallel(lambda create: self._create(create[1], create[2]), creates)
+        for (results, _folder_id, _message), result in zip(creates, created, strict=True):
+            results.append(result)
+        return outcomes
 
     def append(self, folder: FolderInfo, messages: Sequence[RawMessage]) -> Sequence[str | ItemFailed | None]:
         folder_id = self._folder_id(folder)
