@@ -2,8 +2,9 @@
 
 Why some things are done by hand:
 - APPEND sends each message as a literal, never through imaplib's own `append`, which rewrites bare LF
-  and CR to CRLF and would break byte identity for hostile or legacy mail: written here in a few large
-  writes where the server takes LITERAL+, through imapclient's raw command path where it does not.
+  and CR to CRLF and would break byte identity for hostile or legacy mail: written in a few large
+  writes where the server takes LITERAL+ (imap_commands.py), through imapclient's raw command path where
+  it does not.
 - The idempotency tag is the SHA-256 of the exact bytes, so no header is added: to find a copy after a
   crash we search the target folder for messages of the right size above the recorded UIDNEXT and hash
   their bodies. The same search stands in for APPENDUID on servers without UIDPLUS.
@@ -15,21 +16,28 @@ import hashlib
 import re
 import ssl
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import imapclient
 from imapclient import exceptions as imap_errors
-from imapclient.imap_utf7 import decode as decode_utf7
-from imapclient.imapclient import _literal, as_pairs
-from imapclient.response_parser import parse_response
-from imapclient.util import chunk
+from imapclient.imapclient import _literal
 
 from migrator.config import EndpointConfig
 from migrator.connectors import imap_fetch
 from migrator.connectors.base import AppendOutcome, FolderBatch, Probe, append_each
+from migrator.connectors.imap_commands import (
+    append_entries,
+    appended_uids,
+    list_status,
+    pipelined,
+    read_replies,
+    store_commands,
+    uid_set_parts,
+    write_append,
+)
 from migrator.errors import (
     AuthFailed,
     FolderFailed,
@@ -61,7 +69,6 @@ _ROLE_FLAGS = {b"\\Sent": Role.SENT, b"\\Drafts": Role.DRAFTS, b"\\Trash": Role.
 _UNSELECTABLE = {b"\\Noselect", b"\\NonExistent"}
 _LISTING = b"(UID FLAGS INTERNALDATE RFC822.SIZE)"
 T = TypeVar("T")
-_APPENDUID = re.compile(rb"\[APPENDUID (\d+) ([0-9:,]+)\]")
 _BACKOFF = re.compile(rb"Suggested Backoff Time: (\d+) milliseconds", re.IGNORECASE)
 # imapclient raises an abort when a server answers a command (NO, BAD) where it waited to send a literal
 # (RFC 3501 7.5: the server refuses the command instead of asking for its literal); the connection is fine.
@@ -233,128 +240,12 @@ def _xoauth2(user: str, token: str) -> Callable[[bytes], bytes]:
     return respond
 
 
-def _list_status(client: Any, items: Sequence[bytes], *, special_use: bool
-                 ) -> tuple[list[Any], dict[str, dict[bytes, Any]]]:
-    """LIST "" "*" RETURN (STATUS (items)) (LIST-STATUS, RFC 5819): the folders as imapclient's list_folders
-    gives them, and the STATUS of the selectable ones by name, in one command instead of one per folder. An
-    extended LIST names special-use folders only when asked to (RFC 6154): `special_use` asks."""
-    imap = client._imap
-    options = b"SPECIAL-USE " if special_use else b""
-    typ, data = imap._simple_command("LIST", client._normalise_folder(""), client._normalise_folder("*"),
-                                     b"RETURN (" + options + b"STATUS (" + b" ".join(items) + b"))")
-    client._checkok("list", typ, data)
-    listed = imap._untagged_response(typ, data, "LIST")[1]
-    replies = [reply for reply in imap.untagged_responses.pop("STATUS", []) if reply not in (b"", None)]
-    statuses = {_folder_name(name): dict(as_pairs(items))
-                for name, items in chunk(parse_response(replies) if replies else (), 2)}
-    return client._proc_folder_list(listed), statuses
-
-
-def _folder_name(name: Any) -> str:
-    """A folder name from a reply, decoded as imapclient decodes LIST's (modified UTF-7; a number-like name
-    parses as an int)."""
-    return str(name) if isinstance(name, int) else str(decode_utf7(name))
-
-
 def _close(client: Any) -> None:
     try:
         client.logout()
     except (imap_errors.IMAPClientError, OSError, EOFError):
         with suppress(OSError):
             client.shutdown()
-
-
-_WRITE_BYTES = 256 * 1024
-
-
-def _write_append(imap: Any, mailbox: bytes, entries: Sequence[tuple[bytes, bytes, bytes]]) -> bytes:
-    """Write an APPEND of (flags, INTERNALDATE, body) entries with non-synchronising literals (LITERAL+,
-    RFC 7888) in a few large socket writes; returns its tag, for the reply to be read (_replies).
-    imapclient writes each argument and literal on its own, four writes per message: for small messages,
-    the writes and the small TCP segments they make cost more of both ends' CPU than the bytes do."""
-    tag: bytes = imap._new_tag()
-    pending: list[bytes] = [tag, b" APPEND ", mailbox]
-    size = 0
-    for flags, date, body in entries:
-        pending.append(b' (%s) "%s" {%d+}\r\n' % (flags, date, len(body)))
-        if len(body) >= _WRITE_BYTES:  # sent as it is, not copied into a write
-            imap.send(b"".join(pending))
-            imap.send(body)
-            pending, size = [], 0
-            continue
-        pending.append(body)
-        size += len(body)
-        if size >= _WRITE_BYTES:
-            imap.send(b"".join(pending))
-            pending, size = [], 0
-    pending.append(b"\r\n")
-    imap.send(b"".join(pending))
-    return tag
-
-
-def _replies(imap: Any, name: str, tags: Sequence[bytes]) -> list[tuple[str, list[Any]]]:
-    """The tagged replies of commands written before (in order), each read even when one before it was
-    refused (a BAD is that command's reply), so that the session stays in step; a lost connection raises."""
-    replies: list[tuple[str, list[Any]]] = []
-    for tag in tags:
-        try:
-            replies.append(imap._command_complete(name, tag))
-        except imap_errors.IMAPClientAbortError:
-            raise
-        except imap_errors.IMAPClientError as exc:
-            replies.append(("BAD", [str(exc).encode()]))
-    return replies
-
-
-# Of a UID set in one command: RFC 7162 section 4 asks clients to keep command lines to about 8,192 octets,
-# and servers refuse longer ones at limits of their own (Dovecot's imap_max_line_length is 64k).
-_UID_SET_BYTES = 8000
-
-
-def _store_commands(imap: Any, groups: Mapping[frozenset[str], Sequence[int]], how: bytes = b"FLAGS") -> None:
-    """UID STORE `how`.SILENT of each flag set on its UIDs, pipelined (_pipelined): a folder's flag changes
-    cost one round trip however many distinct flag sets they hold, where one STORE each cost one each (a
-    delta pass after users read their mail sets flags in most folders; to a hosted target a round trip
-    is tens of ms)."""
-    commands = [b"UID STORE %s %s.SILENT (%s)" % (part, how, b" ".join(f.encode() for f in sorted(flags)))
-                for flags, uids in groups.items() for part in _uid_set_parts(uids)]
-    _pipelined(imap, "STORE", commands)
-
-
-def _pipelined(imap: Any, name: str, commands: Sequence[bytes]) -> None:
-    """Write every command at once and read the replies after (RFC 3501 5.5 allows it for commands on
-    distinct messages); raises the first refusal once every reply is read, so the session stays usable."""
-    tags = [imap._new_tag() for _command in commands]
-    imap.send(b"".join(b"%s %s\r\n" % (tag, command) for tag, command in zip(tags, commands, strict=True)))
-    refusals = []
-    for tag in tags:
-        typ, data = imap._command_complete(name, tag)
-        if typ != "OK":
-            refusals.append(b" ".join(d for d in data if isinstance(d, bytes)).decode("utf-8", "replace"))
-    if refusals:
-        raise imap_errors.IMAPClientError(f"{name} failed: {refusals[0]}")
-
-
-def _uid_set_parts(uids: Iterable[int]) -> list[bytes]:
-    """The UIDs as UID sets of at most _UID_SET_BYTES each (a part never cut inside)."""
-    parts: list[bytes] = []
-    part: list[bytes] = []
-    size = 0
-    for item in imap_fetch.uid_set(sorted(uids)).split(b","):
-        if part and size + len(item) + 1 > _UID_SET_BYTES:
-            parts.append(b",".join(part))
-            part, size = [], 0
-        part.append(item)
-        size += len(item) + 1
-    if part:
-        parts.append(b",".join(part))
-    return parts
-
-
-@lru_cache(maxsize=4096)
-def _flag_list(flags: frozenset[str]) -> bytes:
-    """The flags an APPEND carries, in a flag list. Cached: a folder has few distinct flag sets."""
-    return " ".join(sorted(_storable(flags))).encode()
 
 
 def _storable(flags: frozenset[str]) -> frozenset[str]:
@@ -461,7 +352,7 @@ class ImapMailbox:
         of each selectable folder by name (possibly not of every one: callers ask for what is missing)."""
         with _translated(self.role, f"{self.context} LIST"):
             if status and "LIST-STATUS" in self._caps:
-                listing, statuses = _list_status(self.client, status, special_use="SPECIAL-USE" in self._caps)
+                listing, statuses = list_status(self.client, status, special_use="SPECIAL-USE" in self._caps)
             else:
                 listing, statuses = self.client.list_folders(), {}
         result = []
@@ -586,12 +477,12 @@ class ImapMailbox:
         if len(messages) > 1 and "MULTIAPPEND" not in self._caps:
             return [uid for message in messages for uid in self.append(folder, [message])]
         mailbox = self.client._normalise_folder(folder.path)
-        entries = _append_entries(messages)
+        entries = append_entries(messages)
         context = f"{self.context} APPEND to {folder.path!r}"
         with _translated(self.role, context):
             if self._literal_plus(entries):
-                ((typ, data),) = _replies(self.client._imap, "APPEND", [_write_append(self.client._imap, mailbox,
-                                                                                        entries)])
+                imap = self.client._imap
+                ((typ, data),) = read_replies(imap, "APPEND", [write_append(imap, mailbox, entries)])
             else:  # each literal waits for the server's go-ahead: imapclient's path
                 args = [arg for flags, date, body in entries
                         for arg in (b"(" + flags + b")", b'"' + date + b'"', _literal(body))]
@@ -602,15 +493,15 @@ class ImapMailbox:
         """With LITERAL+ (and MULTIAPPEND for batches of more than one message), the APPENDs are written
         at once and their replies read after (RFC 3501 5.5: a server may take commands before the ones
         before them are answered); otherwise one after the other."""
-        entries = [_append_entries(messages) for _folder, messages in batches]
+        entries = [append_entries(messages) for _folder, messages in batches]
         if len(batches) < 2 or not all(self._literal_plus(e) for e in entries) or (
                 "MULTIAPPEND" not in self._caps and any(len(messages) > 1 for _folder, messages in batches)):
             return append_each(self, batches)
         imap = self.client._imap
         with _translated(self.role, f"{self.context} APPEND to {len(batches)} folders"):
-            tags = [_write_append(imap, self.client._normalise_folder(folder.path), folder_entries)
+            tags = [write_append(imap, self.client._normalise_folder(folder.path), folder_entries)
                     for (folder, _messages), folder_entries in zip(batches, entries, strict=True)]
-            replies = _replies(imap, "APPEND", tags)
+            replies = read_replies(imap, "APPEND", tags)
         outcomes: list[AppendOutcome] = []
         beyond: list[MigratorError] = []  # refusals that are not the batch's own (quota, throttling)
         for (folder, messages), (typ, data) in zip(batches, replies, strict=True):
@@ -626,7 +517,7 @@ class ImapMailbox:
         return outcomes
 
     def _literal_plus(self, entries: Sequence[tuple[bytes, bytes, bytes]]) -> bool:
-        """Whether these APPEND entries can be written without waiting for the server (_write_append)."""
+        """Whether these APPEND entries can be written without waiting for the server (write_append)."""
         return "LITERAL+" in self._caps and all(flags.isascii() for flags, _date, _body in entries)
 
     def _appended(self, folder: FolderInfo, count: int, typ: str, data: list[Any], context: str) -> list[str | None]:
@@ -636,7 +527,7 @@ class ImapMailbox:
             raise classify_failure(imap_errors.IMAPClientError(text.decode("utf-8", "replace")), context, self.role)
         if "UIDPLUS" not in self._caps:  # an unadvertised APPENDUID is not a promise: callers search instead
             return [None] * count
-        return _appended_uids(text, folder, count)
+        return appended_uids(text, folder, count)
 
     def find_tagged(self, folder: FolderInfo, tags: Sequence[CopyTag], since: str | None) -> dict[CopyTag, list[str]]:
         self._select(folder, write=False)
@@ -658,7 +549,7 @@ class ImapMailbox:
             groups.setdefault(_storable(wanted), []).append(int(uid))
         if groups:
             with _translated(self.role, f"{self.context} STORE in {folder.path!r}"):
-                _store_commands(self.client._imap, groups)
+                store_commands(self.client._imap, groups)
 
     def delete(self, folder: FolderInfo, ids: Sequence[str]) -> None:
         """UID EXPUNGE where UIDPLUS allows; otherwise other messages that carry \\Deleted (copied so from
@@ -667,16 +558,16 @@ class ImapMailbox:
         uids = [int(i) for i in ids]
         deleted = frozenset({"\\Deleted"})
         with _translated(self.role, f"{self.context} EXPUNGE in {folder.path!r}"):
-            _store_commands(self.client._imap, {deleted: uids}, b"+FLAGS")
+            store_commands(self.client._imap, {deleted: uids}, b"+FLAGS")
             if "UIDPLUS" in self._caps:
-                _pipelined(self.client._imap, "EXPUNGE", [b"UID EXPUNGE " + part for part in _uid_set_parts(uids)])
+                pipelined(self.client._imap, "EXPUNGE", [b"UID EXPUNGE " + part for part in uid_set_parts(uids)])
                 return
             bystanders = sorted(set(self.client.search(["DELETED"])) - set(uids))
             if bystanders:
-                _store_commands(self.client._imap, {deleted: bystanders}, b"-FLAGS")
+                store_commands(self.client._imap, {deleted: bystanders}, b"-FLAGS")
             self.client.expunge()
             if bystanders:
-                _store_commands(self.client._imap, {deleted: bystanders}, b"+FLAGS")
+                store_commands(self.client._imap, {deleted: bystanders}, b"+FLAGS")
 
     def quota(self) -> tuple[int, int] | None:
         """STORAGE of the INBOX's quota root (RFC 2087 counts it in units of 1024 octets)."""
@@ -748,16 +639,3 @@ class ImapMailbox:
         self._listed.pop(folder.path, None)
         with _translated(self.role, f"{self.context} DELETE {folder.path!r}"):
             self.client.delete_folder(folder.path)
-
-
-def _append_entries(messages: Sequence[RawMessage]) -> list[tuple[bytes, bytes, bytes]]:
-    """(flags, INTERNALDATE, body) of each message, as an APPEND writes them."""
-    return [(_flag_list(m.ref.flags), imap_fetch.format_internal_date(m.ref.internal_date), m.body) for m in messages]
-
-
-def _appended_uids(text: bytes, folder: FolderInfo, count: int) -> list[str | None]:
-    match = _APPENDUID.search(text)
-    if not match or (folder.key is not None and match.group(1).decode() != folder.key):
-        return [None] * count
-    uids: list[str | None] = [str(uid) for uid in imap_fetch.uid_range(match.group(2))]
-    return uids if len(uids) == count else [None] * count
