@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -102,6 +102,13 @@ def run_mailbox_pass(ctx: RunContext, record: MailboxRecord, journal: Journal) -
     A transient failure (a lost connection, a server that throttles) re-runs the pass on new sessions,
     which settles what the broken one left open: a write is never retried blind."""
     source_login, target_login = logins_for(ctx.credentials, record)
+
+    def open_source() -> AbstractContextManager[Mailbox]:
+        return open_mailbox(ctx.source, source_login, write=False)
+
+    def open_target() -> AbstractContextManager[Mailbox]:
+        return open_mailbox(ctx.target, target_login, write=True)
+
     retrying = Retrying(retry=retry_if_exception_type(Transient), stop=stop_after_attempt(MAX_ATTEMPTS),
                         wait=lambda state: _retry_wait(ctx, journal, state), reraise=True,
                         sleep=lambda seconds: _sleep_unless_stopped(ctx.stop, seconds))
@@ -113,12 +120,12 @@ def run_mailbox_pass(ctx: RunContext, record: MailboxRecord, journal: Journal) -
             with reading(ctx.engine) as conn:
                 known = _Known.read(conn, record, ctx.config.filters)
             with ExitStack() as sessions:
-                target = BackgroundSession(sessions, lambda: open_mailbox(ctx.target, target_login, write=True))
+                target = BackgroundSession(sessions, open_target)
                 if not known.cursors:  # its first pass, or a source without QRESYNC: the target is needed
                     target.start()  # both servers' logins at once
-                src = sessions.enter_context(open_mailbox(ctx.source, source_login, write=False))
+                src = sessions.enter_context(open_source())
                 try:
-                    return _copy_mailbox(ctx, record, journal, src, known, target)
+                    return _copy_mailbox(ctx, record, journal, src, known, target, opener(open_source, open_target))
                 finally:
                     _count_server_waits(ctx, journal, src)
     raise AssertionError("unreachable: tenacity re-raises the last failure")
@@ -151,7 +158,7 @@ def _sleep_unless_stopped(stop: threading.Event, seconds: float) -> None:
 
 
 def _copy_mailbox(ctx: RunContext, record: MailboxRecord, journal: Journal, src: Mailbox, known: _Known,
-                  target: BackgroundSession) -> list[str]:
+                  target: BackgroundSession, open_pair: Callable[[ExitStack], SessionPair]) -> list[str]:
     """The source is asked first, the target only where there is something to do: in a delta pass most
     mailboxes have nothing new, and a session on the target (a login, a folder list; tokens, TLS and
     throttled requests for a hosted one) then costs the cutover window for nothing. Once a folder shows a
@@ -164,7 +171,7 @@ def _copy_mailbox(ctx: RunContext, record: MailboxRecord, journal: Journal, src:
     _ask_changes(src, source_folders, known, ctx.config.filters.exclude_folders, while_=target.opening)
     dst, target_folders = target.get()
     try:
-        return _copy_folders(ctx, record, journal, src, dst, source_folders, target_folders, known)
+        return _copy_folders(ctx, record, journal, src, dst, source_folders, target_folders, known, open_pair)
     finally:
         _count_server_waits(ctx, journal, dst)
 
@@ -216,8 +223,9 @@ def _ask(src: Mailbox, folder: FolderInfo, known: _Known) -> FolderChanges | Non
 
 
 def _copy_folders(ctx: RunContext, record: MailboxRecord, journal: Journal, src: Mailbox, dst: Mailbox,
-                  source_folders: Sequence[FolderInfo], target_folders: Sequence[FolderInfo], known: _Known
-                  ) -> list[str]:
+                  source_folders: Sequence[FolderInfo], target_folders: Sequence[FolderInfo], known: _Known,
+                  open_pair: Callable[[ExitStack], SessionPair]) -> list[str]:
+    """`open_pair` opens an extra session pair for the mailbox's folders (engine/parallel.py)."""
     separator = next((f.separator for f in target_folders if f.separator), None)
     routes = route_folders(source_folders, target_folders, separator, ctx.config.mapping.folders,
                            ctx.config.filters.exclude_folders)
@@ -277,9 +285,6 @@ def _copy_folders(ctx: RunContext, record: MailboxRecord, journal: Journal, src:
             if stage is not None:  # one pair only
                 stage.flush(lane)
 
-    source_login, target_login = logins_for(ctx.credentials, record)
-    open_pair = opener(lambda: open_mailbox(ctx.source, source_login, write=False),
-                       lambda: open_mailbox(ctx.target, target_login, write=True))
     run_folders(folder_groups(jobs, largest_first=parallel), MAX_SESSIONS_PER_MAILBOX if parallel else 1,
                 ctx.sessions, (src, dst), open_pair, on_pair, folder_failed,
                 lambda pair: _count_server_waits(ctx, journal, *pair))
