@@ -23,7 +23,8 @@ a ``with`` block), listens on a free port of 127.0.0.1 and forwards every connec
 * ``SwallowAppendReply(ordinals)``: when the server's tagged completion (``OK``/``NO``/``BAD``) of an
   ``APPEND`` is the n-th such reply the proxy has seen and ``n in ordinals``, that line is dropped and the
   connection closed. The server stored the message (or refused it); the client never learns which: the case
-  idempotent resume exists for.
+  idempotent resume exists for. APPENDs the client had pipelined behind it lose their replies with the
+  connection: each counts as the next reply (swallowed, if its ordinal is chosen).
 
 To follow the conversation the proxy tracks command tags and literals (``{n}``/``{n+}``) both ways, without
 changing a byte. Counters (``stats()``): bytes forwarded each way, in total and per connection (with the user
@@ -519,6 +520,8 @@ class FaultProxy:
             if trigger is not None:
                 trigger.fired = True
                 trigger.fired_on = conn.index
+                if isinstance(trigger, _SwallowCut):
+                    self._lose_pending_appends(conn)
         if part and not conn.closed.is_set():
             writer.write(part)
             await writer.drain()
@@ -529,6 +532,17 @@ class FaultProxy:
             return data[limit:]
         conn.close("swallow" if isinstance(trigger, _SwallowCut) else "cut")
         return b""
+
+    def _lose_pending_appends(self, conn: _Connection) -> None:
+        """APPENDs written on a connection a swallow closes, whose replies will now never come (a client that
+        pipelines APPENDs has sent the ones after the swallowed one): each counts as a reply, and as swallowed
+        where its ordinal is chosen, so that a faulty run's ordinals stay those of its clean run."""
+        swallow = next((f for f in self._faults if isinstance(f, SwallowAppendReply)), None)
+        for tag in [tag for tag, name in conn.tags.items() if name == "APPEND"]:
+            del conn.tags[tag]
+            self._append_replies += 1
+            if swallow is not None and self._append_replies in swallow.ordinals:
+                swallow.swallowed.append(tag + b" (its reply lost with the connection)")
 
     def _observe(self, conn: _Connection, direction: Direction, data: bytes) -> None:
         """Follow the conversation through the bytes of ``data`` not seen yet: marks, logins, anchors."""
