@@ -176,6 +176,7 @@ class Capabilities:
     special_use: bool = False
     change_cursor: str | None = None
     max_message_size: int | None = None
+    max_batch_messages: int | None = None  # messages one append may hold (IMAP MESSAGELIMIT/SAVELIMIT, RFC 9738)
     raw: frozenset[str] = frozenset()
     system_flags: frozenset[str] | None = None
     atom_keywords: bool = True

@@ -115,6 +115,14 @@ def test_append_folders_stores_each_batch_and_keeps_a_refusal_to_its_own_batch(c
             assert_stored_as_sent(mailbox, folder, sent, ids)
 
 
+def append_in_batches(mailbox: Mailbox, folder: FolderInfo, messages: Sequence[RawMessage]) -> None:
+    """Append as the engine does: in batches of no more messages than the target takes in one append
+    (Capabilities.max_batch_messages, e.g. an IMAP server's MESSAGELIMIT)."""
+    most = mailbox.capabilities().max_batch_messages or len(messages)
+    for start in range(0, len(messages), most):
+        mailbox.append(folder, messages[start:start + most])
+
+
 def assert_stored_as_sent(mailbox: Mailbox, folder: FolderInfo, sent: Sequence[RawMessage],
                           ids: Sequence[str | ItemFailed | None]) -> None:
     """`folder` holds `sent` as the capabilities promise (bytes or content, flags, dates), and `ids` are the
@@ -154,7 +162,8 @@ def test_find_tagged_finds_our_copies_only(contract: Contract) -> None:
 def test_set_flags_and_delete(contract: Contract) -> None:
     with open_mailbox(contract.endpoint, contract.login, write=True) as mailbox:
         folder, _ = mailbox.ensure_folder("Flags", None)
-        mailbox.append(folder, [message(BODY), message(BODY + b"x"), message(BODY + b"y", frozenset({"\\Seen"}))])
+        append_in_batches(mailbox, folder, [message(BODY), message(BODY + b"x"),
+                                            message(BODY + b"y", frozenset({"\\Seen"}))])
         first, second, third = mailbox.list_messages(folder)
         mailbox.set_flags(folder, {first.id: frozenset({"\\Answered", "Later"}), third.id: frozenset({"\\Flagged"})})
         mailbox.delete(folder, [second.id])
@@ -169,7 +178,7 @@ def test_changes_since_a_cursor_are_what_was_added_flagged_or_deleted(contract: 
     words = (b"kept", b"flagged", b"deleted")
     with open_mailbox(contract.endpoint, contract.login, write=True) as mailbox:
         folder, _ = mailbox.ensure_folder("Changes", None)
-        mailbox.append(folder, [message(BODY.replace(b"hello", word)) for word in words])
+        append_in_batches(mailbox, folder, [message(BODY.replace(b"hello", word)) for word in words])
         tracked = mailbox.capabilities().change_cursor is not None
 
     def changes(cursor: str | None) -> FolderChanges | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import cast
 
@@ -17,6 +18,7 @@ from migrator.model import FolderChanges, Login, Secret
 from tests.contract import *  # noqa: F403
 from tests.contract import BODY, Contract, message
 from tests.faultproxy import FaultProxy
+from tests.limitproxy import MessageLimitProxy
 
 USER = LabUser("carol", "carol-pw")
 # Dovecot's own list minus UIDPLUS, MULTIAPPEND and LITERAL+ (each literal then waits for the server's
@@ -28,12 +30,17 @@ def imap_config(port: int) -> EndpointConfig:
     return EndpointConfig("target", "imap", "127.0.0.1", port, "none", None, None, None, False, 10.0, {})
 
 
-@pytest.fixture(params=["full", "no-uidplus-no-multiappend-no-literal-plus"])
+@pytest.fixture(params=["full", "no-uidplus-no-multiappend-no-literal-plus", "message-limit-2"])
 def contract(request: pytest.FixtureRequest, dovecot: None, lab_root: Path) -> Iterator[Contract]:
-    capabilities = PLAIN_CAPABILITIES if request.param != "full" else None
+    """Dovecot as it is; without the extensions that save round trips; and behind a proxy that makes it a
+    server of RFC 9738's MESSAGELIMIT=2 (every FETCH, SEARCH, STORE, UID EXPUNGE stops after two messages)."""
+    capabilities = PLAIN_CAPABILITIES if request.param.startswith("no-") else None
     with DovecotServer(root=lab_root / "srv", name="contract", layout="target", users=[USER],
-                       capabilities=capabilities) as server:
-        endpoint = ImapEndpoint(imap_config(server.port))
+                       capabilities=capabilities) as server, ExitStack() as stack:
+        port = server.port
+        if request.param == "message-limit-2":
+            port = stack.enter_context(MessageLimitProxy((server.host, server.port), 2)).port
+        endpoint = ImapEndpoint(imap_config(port))
         login = Login("carol@example.org", USER.name, Secret(USER.password))
 
         def plant(path: str, body: bytes) -> None:

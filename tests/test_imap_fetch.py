@@ -16,7 +16,7 @@ from imapclient.datetime_util import datetime_to_INTERNALDATE
 from imapclient.exceptions import IMAPClientError, ProtocolError
 from imapclient.response_parser import parse_fetch_response
 
-from migrator.connectors import imap_fetch
+from migrator.connectors import imap_commands, imap_fetch
 from migrator.lab.dovecot import DovecotServer, LabUser
 
 LISTING = [
@@ -87,6 +87,43 @@ def test_uid_sets_are_compact() -> None:
     assert imap_fetch.uid_set([1, 2, 3, 5, 7, 8, 10]) == b"1:3,5,7:8,10"
     assert imap_fetch.uid_set([4]) == b"4"
     assert imap_fetch.uid_set([]) == b""
+    assert imap_fetch.set_text([(1, None), (3, 3)]) == b"1:*,3"
+
+
+def test_what_a_command_stopped_at_its_message_limit_left_undone() -> None:
+    """RFC 9738 servers work from the highest UID down: what is left is every UID below where they stopped."""
+    assert imap_fetch.below([(1, 3), (7, 9), (12, 12)], 8) == [(1, 3), (7, 7)]
+    assert imap_fetch.below([(1, None)], 500) == [(1, 499)]
+    assert imap_fetch.below([(5, 9)], 5) == []
+    assert imap_fetch.below([(5, 9)], None) == []
+
+
+class _Replies:
+    """What stopped_at reads of an imaplib connection: the untagged responses it stored."""
+
+    def __init__(self, **untagged: list[bytes]) -> None:
+        self.untagged_responses: dict[str, list[bytes]] = dict(untagged)
+
+
+def test_a_message_limit_is_read_from_the_tagged_reply_or_an_untagged_no() -> None:
+    assert imap_fetch.stopped_at(_Replies(), b"[MESSAGELIMIT 1000 23007] FETCH completed") == 23007
+    assert imap_fetch.stopped_at(_Replies(), b"Fetch completed (0.001 + 0.000 secs).") is None
+    untagged = _Replies(MESSAGELIMIT=[b"1000 23007"])
+    assert imap_fetch.stopped_at(untagged, b"[HIGHESTMODSEQ 9] done") == 23007
+    assert not untagged.untagged_responses  # read once: the next command's answer is its own
+    with pytest.raises(IMAPClientError, match="without saying where"):
+        imap_fetch.stopped_at(_Replies(), b"[MESSAGELIMIT 1000] partial")
+
+
+def test_uid_set_parts_hold_at_most_the_message_limit_and_short_lines() -> None:
+    assert imap_commands.uid_set_parts([1, 2, 3, 5, 6, 7, 8, 10], most=3) == [[(1, 3)], [(5, 7)], [(8, 8), (10, 10)]]
+    assert imap_commands.uid_set_parts(range(1, 10)) == [[(1, 9)]]
+    scattered = imap_commands.uid_set_parts(range(1, 40_000, 2), most=1000)
+    assert [sum(last - first + 1 for first, last in part) for part in scattered] == [1000] * 20
+    lines = imap_commands.uid_set_parts(range(1, 40_000, 2))
+    assert all(len(imap_fetch.set_text(part)) <= 8000 for part in lines) and len(lines) > 1
+    assert sorted(uid for part in lines for first, last in part for uid in range(first, last + 1)) == \
+        list(range(1, 40_000, 2))
 
 
 @pytest.mark.parametrize("text", [b" 7-Jul-2026 10:00:00 +0200", b"17-Jan-1999 23:59:59 -0000",
@@ -145,10 +182,11 @@ def test_replies_read_from_a_server_equal_imaplibs(dovecot_client: tuple[imapcli
                                                     ) -> None:
     client, _server = dovecot_client
     for items in (ITEMS, b"(UID BODY.PEEK[HEADER] BODY.PEEK[TEXT])"):  # the second: two literals in one reply
-        ours = imap_fetch.uid_fetch(client._imap, b"1:*", items)
+        ours, stopped = imap_fetch.uid_fetch(client._imap, b"1:*", items)
+        assert stopped is None  # Dovecot has no message limit
         theirs = client._command_and_check("fetch", "1:*", items.decode(), uid=True)
         assert ours == [item for item in theirs if item is not None]
-    ours = imap_fetch.uid_fetch(client._imap, b"1:*", ITEMS)
+    ours, _stopped = imap_fetch.uid_fetch(client._imap, b"1:*", ITEMS)
     assert imap_fetch.parse_bodies(ours)[1] == ODD_BODY
     assert client.noop()[0].startswith(b"NOOP")  # the connection's tags and state are intact
 
@@ -161,7 +199,7 @@ def test_other_replies_are_kept_where_imaplib_keeps_them(
     other.append("INBOX", b"Subject: new\r\n\r\nnew\r\n")
     other.logout()
     fetched = imap_fetch.parse_listing(imap_fetch.uid_fetch(client._imap, b"1:3",
-                                                            b"(UID FLAGS INTERNALDATE RFC822.SIZE)"))
+                                                            b"(UID FLAGS INTERNALDATE RFC822.SIZE)")[0])
     assert sorted(fetched) == [1, 2, 3]
     assert client._imap.untagged_responses["EXISTS"][-1] == b"4"
 

@@ -32,9 +32,11 @@ from migrator.connectors.imap_commands import (
     append_entries,
     appended_uids,
     list_status,
-    pipelined,
     read_replies,
+    reply_text,
     store_commands,
+    uid_commands,
+    uid_search,
     uid_set_parts,
     write_append,
 )
@@ -98,6 +100,8 @@ def classify_failure(exc: BaseException, context: str, endpoint: str | None = No
         return Throttled(f"{context}: {reason}", 0.0, endpoint)
     if b"[OVERQUOTA]" in raw or b"Quota exceeded" in raw:
         return MailboxFailed(f"{context}: target quota full: {reason}", reason="quota")
+    if b"[MESSAGELIMIT" in raw.upper():  # RFC 9738: more messages in one APPEND than the server takes
+        return ItemFailed(f"{context}: refused as too many messages at once: {reason}", reason="too-many")
     if b"[TOOBIG]" in raw or b"[LIMIT]" in raw or b"too large" in raw.lower():
         return ItemFailed(f"{context}: refused as too large: {reason}", reason="too-large")
     if isinstance(exc, imap_errors.IMAPClientAbortError) and _REFUSED_BEFORE_LITERAL.search(raw):
@@ -253,6 +257,31 @@ def _storable(flags: frozenset[str]) -> frozenset[str]:
     return Capabilities().storable_flags(flags)
 
 
+def _limit(caps: frozenset[str], name: str) -> int | None:
+    """The number a NAME=n capability gives (APPENDLIMIT, MESSAGELIMIT); None where it is absent."""
+    return next((int(value) for c in caps for key, _, value in [c.partition("=")]
+                 if key == name and value.isdigit()), None)
+
+
+def _progress(spans: list[imap_fetch.Span], left: list[imap_fetch.Span], command: str) -> list[imap_fetch.Span]:
+    """The spans still to ask for after a command that stopped at the server's message limit; a stop that
+    left every UID undone would repeat forever, and is the server's error."""
+    if left and left == spans:
+        raise imap_errors.IMAPClientError(f"{command} stopped at the server's message limit without progress")
+    return left
+
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Spans of UIDs without overlaps: a FETCH asked again below a message limit names expunges again."""
+    merged: list[tuple[int, int]] = []
+    for first, last in sorted(spans):
+        if merged and first <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(last, merged[-1][1]))
+        else:
+            merged.append((first, last))
+    return merged
+
+
 @lru_cache(maxsize=4096)
 def _flags(raw: tuple[bytes, ...]) -> frozenset[str]:
     """Cached: a folder has few distinct flag lists."""
@@ -276,6 +305,10 @@ class ImapMailbox:
         self._qresync = False  # track_changes()
         with _translated(role, context):
             self._caps = frozenset(c.decode() for c in client.capabilities())
+        # RFC 9738: messages one FETCH, SEARCH, STORE or UID EXPUNGE works on (beyond: the server stops, and
+        # says where), and one APPEND or COPY may hold (beyond: refused); SAVELIMIT limits only the latter.
+        self._message_limit = _limit(self._caps, "MESSAGELIMIT")
+        self._save_limit = min((n for n in (self._message_limit, _limit(self._caps, "SAVELIMIT")) if n), default=None)
 
     def track_changes(self) -> None:
         """ENABLE QRESYNC (RFC 7162) where the server offers it, so that changes() can ask what changed since
@@ -288,11 +321,11 @@ class ImapMailbox:
                                               for c in self.client.enable("QRESYNC")}
 
     def capabilities(self) -> Capabilities:
-        limit = next((int(c.split("=")[1]) for c in self._caps if c.startswith("APPENDLIMIT=")), None)
         cursor = "QRESYNC" if "QRESYNC" in self._caps else "CONDSTORE" if "CONDSTORE" in self._caps else None
         return Capabilities(append_returns_ids="UIDPLUS" in self._caps, bulk_append="MULTIAPPEND" in self._caps,
                             preserves_bytes=True, preserves_internal_date=True, special_use="SPECIAL-USE" in self._caps,
-                            change_cursor=cursor, max_message_size=limit, raw=self._caps)
+                            change_cursor=cursor, max_message_size=_limit(self._caps, "APPENDLIMIT"),
+                            max_batch_messages=self._save_limit, raw=self._caps)
 
     def _select(self, folder: FolderInfo, *, write: bool) -> None:
         """SELECT (or EXAMINE) the folder unless it is already open in a mode that allows this; a copy pass
@@ -428,14 +461,22 @@ class ImapMailbox:
         return result
 
     def _listing(self, floor: int = 1) -> list[MessageRef]:
-        """Size, flags and date of every message with UID >= floor in the selected folder.
-
-        imapclient 4 cannot FETCH a "1:*" range (it filters replies by the ids asked for), so the UIDs come
-        from UID SEARCH and are fetched in slices that keep command lines short.
-        """
-        with _translated(self.role, f"{self.context} FETCH"):
-            uids = sorted(u for u in self.client.search(["UID", f"{floor}:*"]) if u >= floor)
+        """Size, flags and date of every message with UID >= floor in the selected folder: the UIDs from UID
+        SEARCH, fetched in slices that keep command lines short."""
+        with _translated(self.role, f"{self.context} SEARCH"):
+            uids = self._search(floor)
         return self._refs(uids)
+
+    def _search(self, floor: int = 1, criteria: bytes = b"") -> list[int]:
+        """UIDs >= floor of the selected folder that match `criteria`, in order; where the server stops at
+        its message limit (RFC 9738) it is asked again below where it stopped, until it covers them all."""
+        found: set[int] = set()
+        spans: list[imap_fetch.Span] = [(floor, None)]
+        while spans:
+            uids, stopped = uid_search(self.client._imap, spans, criteria)
+            found.update(uid for uid in uids if uid >= floor)  # "floor:*" names the highest UID when all are below
+            spans = _progress(spans, imap_fetch.below(spans, stopped), "SEARCH")
+        return sorted(found)
 
     def _refs(self, uids: Sequence[int]) -> list[MessageRef]:
         """Size, flags and date of these messages of the selected folder, in UID order."""
@@ -447,10 +488,19 @@ class ImapMailbox:
                 for uid, (size, flags, date) in sorted(data.items()) if uid in asked]
 
     def _uid_fetch(self, uids: Sequence[int], items: bytes, parse: Callable[[list[Any]], T]) -> T:
-        """One UID FETCH, its untagged replies read by `parse` (see imap_fetch)."""
+        """UID FETCH of these messages, its untagged replies read by `parse` (see imap_fetch)."""
         with _translated(self.role, f"{self.context} FETCH"):
-            data = imap_fetch.uid_fetch(self.client._imap, imap_fetch.uid_set(sorted(uids)), items) if uids else []
-            return parse(data)
+            return parse(self._fetched(imap_fetch.uid_runs(sorted(uids)), items))
+
+    def _fetched(self, spans: list[imap_fetch.Span], items: bytes) -> list[Any]:
+        """The untagged replies of UID FETCH `items` of these spans: one command, and where the server stops
+        at its message limit (RFC 9738) one more for what it left below, until it covers them all."""
+        data: list[Any] = []
+        while spans:
+            replies, stopped = imap_fetch.uid_fetch(self.client._imap, imap_fetch.set_text(spans), items)
+            data.extend(replies)
+            spans = _progress(spans, imap_fetch.below(spans, stopped), "FETCH")
+        return data
 
     def list_messages(self, folder: FolderInfo) -> list[MessageRef]:
         self._select(folder, write=False)
@@ -522,7 +572,7 @@ class ImapMailbox:
 
     def _appended(self, folder: FolderInfo, count: int, typ: str, data: list[Any], context: str) -> list[str | None]:
         """The ids of an APPEND's `count` messages from its reply; a refusal raises as classify_failure says."""
-        text = b" ".join(d for d in data if isinstance(d, bytes))
+        text = reply_text(data)
         if typ != "OK":
             raise classify_failure(imap_errors.IMAPClientError(text.decode("utf-8", "replace")), context, self.role)
         if "UIDPLUS" not in self._caps:  # an unadvertised APPENDUID is not a promise: callers search instead
@@ -549,7 +599,7 @@ class ImapMailbox:
             groups.setdefault(_storable(wanted), []).append(int(uid))
         if groups:
             with _translated(self.role, f"{self.context} STORE in {folder.path!r}"):
-                store_commands(self.client._imap, groups)
+                store_commands(self.client._imap, groups, most=self._message_limit)
 
     def delete(self, folder: FolderInfo, ids: Sequence[str]) -> None:
         """UID EXPUNGE where UIDPLUS allows; otherwise other messages that carry \\Deleted (copied so from
@@ -557,17 +607,18 @@ class ImapMailbox:
         self._select(folder, write=True)
         uids = [int(i) for i in ids]
         deleted = frozenset({"\\Deleted"})
+        imap, most = self.client._imap, self._message_limit
         with _translated(self.role, f"{self.context} EXPUNGE in {folder.path!r}"):
-            store_commands(self.client._imap, {deleted: uids}, b"+FLAGS")
+            store_commands(imap, {deleted: uids}, b"+FLAGS", most)
             if "UIDPLUS" in self._caps:
-                pipelined(self.client._imap, "EXPUNGE", [b"UID EXPUNGE " + part for part in uid_set_parts(uids)])
+                uid_commands(imap, "EXPUNGE", b"UID EXPUNGE", [(part, b"") for part in uid_set_parts(uids, most)])
                 return
-            bystanders = sorted(set(self.client.search(["DELETED"])) - set(uids))
+            bystanders = sorted(set(self._search(criteria=b" DELETED")) - set(uids))
             if bystanders:
-                store_commands(self.client._imap, {deleted: bystanders}, b"-FLAGS")
+                store_commands(imap, {deleted: bystanders}, b"-FLAGS", most)
             self.client.expunge()
             if bystanders:
-                store_commands(self.client._imap, {deleted: bystanders}, b"+FLAGS")
+                store_commands(imap, {deleted: bystanders}, b"+FLAGS", most)
 
     def quota(self) -> tuple[int, int] | None:
         """STORAGE of the INBOX's quota root (RFC 2087 counts it in units of 1024 octets)."""
@@ -618,10 +669,10 @@ class ImapMailbox:
         imap = self.client._imap
         imap.untagged_responses.pop("VANISHED", None)
         with _translated(self.role, f"{self.context} FETCH CHANGEDSINCE"):
-            data = imap_fetch.uid_fetch(imap, b"1:*", _LISTING + b" (CHANGEDSINCE %d VANISHED)" % modseq)
-            listing = imap_fetch.parse_listing(data)
-        vanished = [span for reply in imap.untagged_responses.pop("VANISHED", [])
-                    for span in imap_fetch.uid_spans(reply.removeprefix(b"(EARLIER) "))]
+            listing = imap_fetch.parse_listing(self._fetched([(1, None)], _LISTING + b" (CHANGEDSINCE %d VANISHED)"
+                                                             % modseq))
+        vanished = _merged([span for reply in imap.untagged_responses.pop("VANISHED", [])
+                            for span in imap_fetch.uid_spans(reply.removeprefix(b"(EARLIER) "))])
         return [MessageRef(str(uid), size, _flags(flags), date)
                 for uid, (size, flags, date) in sorted(listing.items())], vanished
 

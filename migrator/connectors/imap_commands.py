@@ -14,7 +14,7 @@ from typing import Any
 from imapclient import exceptions as imap_errors
 from imapclient.imap_utf7 import decode as decode_utf7
 from imapclient.imapclient import as_pairs
-from imapclient.response_parser import parse_response
+from imapclient.response_parser import parse_message_list, parse_response
 from imapclient.util import chunk
 
 from migrator.connectors import imap_fetch
@@ -88,45 +88,94 @@ def read_replies(imap: Any, name: str, tags: Sequence[bytes]) -> list[tuple[str,
     return replies
 
 
+def reply_text(data: Sequence[Any]) -> bytes:
+    """The text of a tagged reply as imaplib returns it (its response code included)."""
+    return b" ".join(d for d in data if isinstance(d, bytes))
+
+
 # Of a UID set in one command: RFC 7162 section 4 asks clients to keep command lines to about 8,192 octets,
 # and servers refuse longer ones at limits of their own (Dovecot's imap_max_line_length is 64k).
 _UID_SET_BYTES = 8000
 
 
-def store_commands(imap: Any, groups: Mapping[frozenset[str], Sequence[int]], how: bytes = b"FLAGS") -> None:
-    """UID STORE `how`.SILENT of each flag set on its UIDs, pipelined (pipelined): a folder's flag changes
+def store_commands(imap: Any, groups: Mapping[frozenset[str], Sequence[int]], how: bytes = b"FLAGS",
+                   most: int | None = None) -> None:
+    """UID STORE `how`.SILENT of each flag set on its UIDs, pipelined (uid_commands): a folder's flag changes
     cost one round trip however many distinct flag sets they hold, where one STORE each cost one each (a
     delta pass after users read their mail sets flags in most folders; to a hosted target a round trip
-    is tens of ms)."""
-    commands = [b"UID STORE %s %s.SILENT (%s)" % (part, how, b" ".join(f.encode() for f in sorted(flags)))
-                for flags, uids in groups.items() for part in uid_set_parts(uids)]
-    pipelined(imap, "STORE", commands)
+    is tens of ms). `most`: messages a command may name (the server's MESSAGELIMIT)."""
+    uid_commands(imap, "STORE", b"UID STORE", [
+        (part, b" %s.SILENT (%s)" % (how, b" ".join(f.encode() for f in sorted(flags))))
+        for flags, uids in groups.items() for part in uid_set_parts(uids, most)])
 
 
-def pipelined(imap: Any, name: str, commands: Sequence[bytes]) -> None:
+def uid_commands(imap: Any, name: str, verb: bytes, commands: Sequence[tuple[Sequence[imap_fetch.Span], bytes]]
+                 ) -> None:
+    """`verb` on each (UID set, rest of the command) of `commands`, pipelined (UID STORE, UID EXPUNGE: both
+    idempotent); a command that a server stopped short at its message limit (RFC 9738) is sent again for
+    the UIDs it left undone."""
+    pending = [(list(spans), tail) for spans, tail in commands]
+    while pending:
+        stopped = pipelined(imap, name, [b"%s %s%s" % (verb, imap_fetch.set_text(spans), tail)
+                                         for spans, tail in pending])
+        left = [(rest, tail) for (spans, tail), stop in zip(pending, stopped, strict=True)
+                if (rest := imap_fetch.below(spans, stop))]
+        if left == pending:
+            raise imap_errors.IMAPClientError(f"{name} stopped at the server's message limit without progress")
+        pending = left
+
+
+def pipelined(imap: Any, name: str, commands: Sequence[bytes]) -> list[int | None]:
     """Write every command at once and read the replies after (RFC 3501 5.5 allows it for commands on
-    distinct messages); raises the first refusal once every reply is read, so the session stays usable."""
+    distinct messages); raises the first refusal once every reply is read, so the session stays usable.
+    Returns where each command stopped at the server's message limit (imap_fetch.stopped_at); a code in
+    an untagged NO, which names no command, counts for each."""
+    imap.untagged_responses.pop("MESSAGELIMIT", None)
     tags = [imap._new_tag() for _command in commands]
     imap.send(b"".join(b"%s %s\r\n" % (tag, command) for tag, command in zip(tags, commands, strict=True)))
-    refusals = [b" ".join(d for d in data if isinstance(d, bytes)).decode("utf-8", "replace")
-                for typ, data in read_replies(imap, name, tags) if typ != "OK"]
+    replies = [(typ, reply_text(data)) for typ, data in read_replies(imap, name, tags)]
+    refusals = [text.decode("utf-8", "replace") for typ, text in replies if typ != "OK"]
     if refusals:
         raise imap_errors.IMAPClientError(f"{name} failed: {refusals[0]}")
+    untagged = imap_fetch.stopped_at(imap, b"")
+    return [max((at for at in (imap_fetch.stopped_at(imap, text), untagged) if at is not None), default=None)
+            for _typ, text in replies]
 
 
-def uid_set_parts(uids: Iterable[int]) -> list[bytes]:
-    """The UIDs as UID sets of at most _UID_SET_BYTES each (a part never cut inside)."""
-    parts: list[bytes] = []
-    part: list[bytes] = []
-    size = 0
-    for item in imap_fetch.uid_set(sorted(uids)).split(b","):
-        if part and size + len(item) + 1 > _UID_SET_BYTES:
-            parts.append(b",".join(part))
-            part, size = [], 0
-        part.append(item)
-        size += len(item) + 1
+def uid_search(imap: Any, spans: Sequence[imap_fetch.Span], criteria: bytes = b"") -> tuple[list[int], int | None]:
+    """UID SEARCH UID `spans` `criteria` on imaplib's connection: the UIDs found, and where a server stopped
+    at its message limit (imap_fetch.stopped_at). imapclient's search drops the tagged reply, and with it
+    the code that says the answer is partial."""
+    imap.untagged_responses.pop("SEARCH", None)
+    imap.untagged_responses.pop("MESSAGELIMIT", None)
+    typ, data = imap._simple_command("UID", b"SEARCH", b"UID " + imap_fetch.set_text(spans) + criteria)
+    text = reply_text(data)
+    if typ != "OK":
+        raise imap_errors.IMAPClientError(f"SEARCH failed: {text.decode('utf-8', 'replace')}")
+    found = parse_message_list(imap.untagged_responses.pop("SEARCH", []))
+    return list(found), imap_fetch.stopped_at(imap, text)
+
+
+def uid_set_parts(uids: Iterable[int], most: int | None = None) -> list[list[imap_fetch.Span]]:
+    """The UIDs as UID sets of at most _UID_SET_BYTES each and, with `most`, of at most that many UIDs."""
+    parts: list[list[imap_fetch.Span]] = []
+    part: list[imap_fetch.Span] = []
+    size = count = 0
+    for first, last in imap_fetch.uid_runs(sorted(uids)):
+        while last is not None and first <= last:
+            end = last if most is None else min(last, first + most - count - 1)
+            item = len(imap_fetch.set_text([(first, end)])) + 1
+            if part and size + item > _UID_SET_BYTES:
+                parts.append(part)
+                part, size, count = [], 0, 0
+                continue
+            part.append((first, end))
+            size, count, first = size + item, count + end - first + 1, end + 1
+            if count == most:
+                parts.append(part)
+                part, size, count = [], 0, 0
     if part:
-        parts.append(b",".join(part))
+        parts.append(part)
     return parts
 
 

@@ -22,6 +22,7 @@ from imapclient.datetime_util import datetime_to_INTERNALDATE
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 from imapclient.response_parser import parse_fetch_response
 
+_MESSAGELIMIT = re.compile(rb"\[MESSAGELIMIT (\d+)(?: (\d+))?\]", re.IGNORECASE)
 _UNTAGGED = re.compile(rb"\* (?:(?P<number>\d+) )?(?P<type>[A-Z-]+)(?: (?P<rest>.*))?", re.DOTALL)
 _RESPONSE_CODE = re.compile(rb"\[(?P<type>[A-Z-]+)(?: (?P<data>[^]]*))?\]")
 _LITERAL = re.compile(rb".*\{(?P<size>\d+)\}", re.DOTALL)
@@ -77,14 +78,16 @@ def _zone(offset: bytes) -> timezone:
     return timezone(timedelta(minutes=-minutes if offset[:1] == b"-" else minutes))
 
 
-def uid_fetch(imap: Any, uids: bytes, items: bytes) -> list[Any]:
+def uid_fetch(imap: Any, uids: bytes, items: bytes) -> tuple[list[Any], int | None]:
     """Send UID FETCH on imaplib connection `imap` and read its replies up to the tagged one: the FETCH
     replies in imaplib's shape (`n (...)` as bytes; a literal as a (line, literal) tuple followed by the rest
-    of its line), every other untagged reply stored as imaplib stores it.
+    of its line), every other untagged reply stored as imaplib stores it; and where a server stopped at its
+    message limit, the UID it stopped at (stopped_at: the messages below it were not fetched).
 
     Read here, not by imaplib: its reader matches three patterns and logs every line, which for a listing
     or a chunk of small messages cost as much as everything else the client does with them.
     """
+    imap.untagged_responses.pop("MESSAGELIMIT", None)
     tag = imap._new_tag()
     imap.send(b"%s UID FETCH %s %s\r\n" % (tag, uids, items))
     prefix = tag + b" "
@@ -108,7 +111,25 @@ def uid_fetch(imap: Any, uids: bytes, items: bytes) -> list[Any]:
     status, _, text = line[len(prefix):].partition(b" ")
     if status != b"OK":
         raise IMAPClientError(f"fetch failed: {text.decode(errors='replace')}")
-    return fetched
+    return fetched, stopped_at(imap, text)
+
+
+def stopped_at(imap: Any, tagged: bytes) -> int | None:
+    """Where a command that a server cut short at its message limit stopped (RFC 9738): a server that
+    advertises MESSAGELIMIT=n works on at most n messages per FETCH, SEARCH, STORE or UID EXPUNGE, the
+    highest UIDs first, and answers OK with [MESSAGELIMIT n uid], uid the lowest it processed; in an untagged
+    NO instead where the tagged OK carries a code of its own (imaplib and _keep store it as "MESSAGELIMIT").
+    None: the command covered its whole set. The caller asks again below the UID returned (below): an OK
+    that did less than asked must never pass for the whole answer, or a listing would silently lose mail.
+    Of several untagged codes (pipelined commands), the highest UID: asking again for more is harmless."""
+    codes = [match.group(2) for match in [_MESSAGELIMIT.search(tagged)] if match is not None]
+    codes += [data.partition(b" ")[2] or None for data in imap.untagged_responses.pop("MESSAGELIMIT", [])]
+    if not codes:
+        return None
+    if not all(code and code.isdigit() for code in codes):
+        raise IMAPClientError(f"the server stopped a command at its message limit without saying where "
+                              f"(RFC 9738): {tagged.decode(errors='replace')[:200]}")
+    return max(int(code) for code in codes if code)
 
 
 def _keep(imap: Any, kind: str, replies: list[Any]) -> None:
@@ -206,20 +227,38 @@ def _slow_bodies(data: Sequence[Any]) -> dict[int, bytes]:
     return {uid: item[b"BODY[]"] for uid, item in _by_uid(data).items() if isinstance(item.get(b"BODY[]"), bytes)}
 
 
-def uid_set(uids: Sequence[int]) -> bytes:
-    """A compact UID set ("1:5,8,10:12") for sorted UIDs: a copy pass asks for runs of consecutive UIDs."""
-    parts: list[str] = []
-    start = previous = None
+Span = tuple[int, int | None]  # first and last UID of a part of a UID set; None: "*", the highest UID
+
+
+def uid_runs(uids: Sequence[int]) -> list[Span]:
+    """Sorted UIDs as runs of consecutive ones: a copy pass asks for runs of consecutive UIDs."""
+    runs: list[list[int]] = []
     for uid in uids:
-        if previous is not None and uid == previous + 1:
-            previous = uid
-            continue
-        if start is not None:
-            parts.append(f"{start}:{previous}" if previous != start else str(start))
-        start = previous = uid
-    if start is not None:
-        parts.append(f"{start}:{previous}" if previous != start else str(start))
-    return ",".join(parts).encode()
+        if runs and uid == runs[-1][1] + 1:
+            runs[-1][1] = uid
+        else:
+            runs.append([uid, uid])
+    return [(first, last) for first, last in runs]
+
+
+def set_text(spans: Sequence[Span]) -> bytes:
+    """A compact UID set ("1:5,8,10:*") of these spans."""
+    return b",".join(b"%d" % first if first == last else b"%d:%s" % (first, b"*" if last is None else b"%d" % last)
+                     for first, last in spans)
+
+
+def uid_set(uids: Sequence[int]) -> bytes:
+    """A compact UID set ("1:5,8,10:12") for sorted UIDs."""
+    return set_text(uid_runs(uids))
+
+
+def below(spans: Sequence[Span], stopped: int | None) -> list[Span]:
+    """What a command on these spans left undone when the server stopped at UID `stopped` (stopped_at; RFC
+    9738 servers work from the highest UID down): the spans cut below it; none when it did not stop."""
+    if stopped is None:
+        return []
+    return [(first, stopped - 1 if last is None or last >= stopped else last) for first, last in spans
+            if first < stopped]
 
 
 def uid_spans(text: bytes) -> list[tuple[int, int]]:

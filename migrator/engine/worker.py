@@ -499,9 +499,10 @@ def _record_unchanged(ctx: RunContext, journal: Journal, folder: FolderInfo, kno
 
 
 def batch_bounds(source_pacer: Pacer, target_pacer: Pacer, target: Capabilities) -> tuple[int, int]:
-    """Messages and bytes a batch may hold: the constants above, cut to what both pacers pass without a
-    burst (Pacer.batch_limits)."""
-    count = CHUNK_MESSAGES if target.bulk_append else CHUNK_MESSAGES_ONE_BY_ONE
+    """Messages and bytes a batch may hold: the constants above, cut to what the target takes in one append
+    and to what both pacers pass without a burst (Pacer.batch_limits)."""
+    count = min(CHUNK_MESSAGES if target.bulk_append else CHUNK_MESSAGES_ONE_BY_ONE,
+                target.max_batch_messages or CHUNK_MESSAGES)
     return target_pacer.batch_limits(*source_pacer.batch_limits(count, CHUNK_BYTES))
 
 
