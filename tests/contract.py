@@ -24,7 +24,9 @@ __all__ = ["Contract", "test_append_folders_stores_each_batch_and_keeps_a_refusa
            "test_append_keeps_content_flags_and_date_and_ids_match_capabilities",
            "test_changes_since_a_cursor_are_what_was_added_flagged_or_deleted",
            "test_ensure_folder_creates_once_and_keeps_non_ascii_names",
-           "test_ensure_folder_takes_a_folder_someone_made_after_the_list", "test_find_tagged_finds_our_copies_only",
+           "test_ensure_folder_takes_a_folder_someone_made_after_the_list",
+           "test_ensure_folders_makes_a_tree_and_takes_what_someone_else_made",
+           "test_find_tagged_finds_our_copies_only",
            "test_lists_folders_with_roles_and_keys", "test_read_only_session_refuses_every_write",
            "test_set_flags_and_delete", "test_wrong_credentials_and_unreachable_endpoint_are_typed"]
 
@@ -69,6 +71,30 @@ def test_ensure_folder_creates_once_and_keeps_non_ascii_names(contract: Contract
         assert (was_created, created_again) == (True, False)
         assert created.key == again.key
         assert "Projets/Été 2026" in {f.path for f in mailbox.list_folders()}
+
+
+def test_ensure_folders_makes_a_tree_and_takes_what_someone_else_made(contract: Contract) -> None:
+    """A pass's target folders are asked for together (ensure_folders): parents and children, a folder asked
+    twice, one the list showed, one another client made after the list (taken, not ours: a rollback removes
+    only what we created). Each outcome is the folder as ensure_folder gives it, with the key a new list
+    shows."""
+    contract.plant("Shown", BODY)
+    contract.plant("Tree", BODY)
+    wanted: list[tuple[str, Role | None]] = [
+        ("Tree/Leaf A", None), ("Shown", None), ("Tree/Leaf B", None), ("New Top", Role.ARCHIVE),
+        ("Tree/Late", None), ("Tree/Leaf A", None), ("Tree/Leaf B/Deep", None)]
+    with open_mailbox(contract.endpoint, contract.login, write=True) as mailbox:
+        mailbox.list_folders(sizes=False)
+        contract.plant("Tree/Late", BODY)
+        outcomes = mailbox.ensure_folders(wanted)
+        listed = {f.path: f.key for f in mailbox.list_folders(sizes=False) if f.selectable}
+        late = mailbox.list_messages(next(o[0] for o in outcomes if not isinstance(o, Exception)
+                                          and o[0].path == "Tree/Late"))
+    made = [(o[0].path, o[1], o[0].key == listed[o[0].path]) for o in outcomes if not isinstance(o, Exception)]
+    assert made == [("Tree/Leaf A", True, True), ("Shown", False, True), ("Tree/Leaf B", True, True),
+                    ("New Top", True, True), ("Tree/Late", False, True), ("Tree/Leaf A", True, True),
+                    ("Tree/Leaf B/Deep", True, True)], made
+    assert len(late) == 1
 
 
 def test_ensure_folder_takes_a_folder_someone_made_after_the_list(contract: Contract) -> None:
@@ -215,6 +241,10 @@ def test_read_only_session_refuses_every_write(contract: Contract) -> None:
             mailbox.append(inbox, [message(BODY)])
         with pytest.raises(StateError, match="read-only"):
             mailbox.ensure_folder("New", None)
+        with pytest.raises(StateError, match="read-only"):
+            mailbox.ensure_folders([("New", None)])
+        with pytest.raises(StateError, match="read-only"):
+            mailbox.append_folders([(inbox, [message(BODY)])])
         with pytest.raises(StateError, match="read-only"):
             mailbox.set_flags(inbox, {"1": frozenset()})
         with pytest.raises(StateError, match="read-only"):

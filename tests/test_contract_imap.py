@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
@@ -135,6 +135,47 @@ def test_a_session_creates_the_folders_its_list_lacks_without_listing_again(dove
     assert (len(commands["LIST"]), len(commands["CREATE"]), len(commands["STATUS"])) == (3, 4, 4)
 
 
+def round_trips(imap: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """A spy on an imaplib connection's writes and tagged-reply reads: a round trip is a run of writes
+    before the replies are read (count with exchanges())."""
+    events: list[str] = []
+    write, read = imap.send, imap._command_complete
+    monkeypatch.setattr(imap, "send", lambda data: (events.append("write"), write(data))[1])
+    monkeypatch.setattr(imap, "_command_complete", lambda *args: (events.append("read"), read(*args))[1])
+    return events
+
+
+def exchanges(events: list[str]) -> int:
+    return sum(1 for i, event in enumerate(events) if event == "write" and (i == 0 or events[i - 1] == "read"))
+
+
+def test_a_mailbox_s_new_folders_cost_a_round_trip_per_level_and_one_for_their_status(
+        dovecot: None, lab_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first pass creates most of a mailbox's folders: each cost a CREATE and a STATUS round trip, 2 x 7
+    here; now the CREATEs of each level of the tree go together (parents first, whatever order they are
+    asked in), then every STATUS: 3. On a server without LIST-STATUS, the list's STATUS of every folder
+    goes together too: 2 round trips for a LIST of a dozen folders, where each STATUS cost one."""
+    paths = ["Work/2025", "Work", "Home/Kids", "Home", "Travel", "Work/2026", "Home/Garden"]
+    with DovecotServer(root=lab_root / "srv", name="levels", layout="target", users=[USER],
+                       capabilities=PLAIN_CAPABILITIES) as server, \
+            open_mailbox(ImapEndpoint(imap_config(server.port)), Login("carol@example.org", USER.name,
+                                                                        Secret(USER.password)), write=True) as mailbox:
+        imap = cast(ImapMailbox, mailbox).client._imap
+        listing = round_trips(imap, monkeypatch)
+        mailbox.list_folders(sizes=False)
+        monkeypatch.undo()
+        creating = round_trips(imap, monkeypatch)
+        outcomes = mailbox.ensure_folders([(path, None) for path in paths])
+        monkeypatch.undo()
+        listed = {f.path: f.key for f in mailbox.list_folders(sizes=False) if f.selectable}
+        relisting = round_trips(imap, monkeypatch)
+        mailbox.list_folders(sizes=False)
+        monkeypatch.undo()
+    assert [(o[0].path, o[1], o[0].key == listed[o[0].path]) for o in outcomes if not isinstance(o, Exception)] == \
+        [(path, True, True) for path in paths]
+    assert (exchanges(listing), exchanges(creating), exchanges(relisting)) == (2, 3, 2)
+
+
 def test_append_folders_writes_every_append_before_it_reads_a_reply(dovecot: None, lab_root: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """What append_folders is for: with LITERAL+ the APPENDs of a pass's staged folders cost one round trip
@@ -145,11 +186,7 @@ def test_append_folders_writes_every_append_before_it_reads_a_reply(dovecot: Non
             open_mailbox(ImapEndpoint(imap_config(server.port)), Login("carol@example.org", USER.name,
                                                                         Secret(USER.password)), write=True) as mailbox:
         folders = [mailbox.ensure_folder(path, None)[0] for path in sent]
-        imap = cast(ImapMailbox, mailbox).client._imap
-        events: list[str] = []
-        write, read = imap.send, imap._command_complete
-        monkeypatch.setattr(imap, "send", lambda data: (events.append("write"), write(data))[1])
-        monkeypatch.setattr(imap, "_command_complete", lambda *args: (events.append("read"), read(*args))[1])
+        events = round_trips(cast(ImapMailbox, mailbox).client._imap, monkeypatch)
         outcomes = mailbox.append_folders([(folder, sent[folder.path]) for folder in folders])
         monkeypatch.undo()
         stored = {folder.path: len(mailbox.list_messages(folder)) for folder in folders}

@@ -275,6 +275,29 @@ def test_a_stage_of_folders_is_created_at_once_not_folder_after_folder(one_mailb
         assert [len(mailbox.list_messages(folder)) for folder in folders] == [1, 1, 1, 1]
 
 
+def test_a_mailbox_s_folders_are_created_a_level_at_a_time_not_one_after_the_other(
+        one_mailbox_tenant: OneMailbox) -> None:
+    """A first pass asks for all of a mailbox's folders at once (ensure_folders): each level of the tree is
+    created over the mailbox's request slots, parents before children. With 0.3 s held per request, folders
+    created one after the other never overlap; here they do, and the tree is the one asked for. A folder
+    whose parent the service refuses is refused with it; its siblings go on."""
+    endpoint, graph = one_mailbox_tenant(latency_seconds=0.3)
+    paths = ["Archive 2024/Q1", "Archive 2024", "Archive 2024/Q2", "Clients", "Clients/Acme", "Clients/Umbrella"]
+    with open_mailbox(endpoint, LOGIN, write=True) as mailbox:
+        mailbox.list_folders(sizes=False)
+        graph.peak_inflight = 0
+        outcomes = mailbox.ensure_folders([(path, None) for path in paths])
+        peak = graph.peak_inflight
+        listed = {f.path: f.key for f in mailbox.list_folders(sizes=False)}
+        graph.fail_next("POST", "/childFolders", 400, times=1)
+        refused = mailbox.ensure_folders([("Clients/Bad", None), ("Clients/Bad/Deeper", None), ("Solo", None)])
+    assert peak >= 2, "the folders were created one after the other"
+    assert [(o[0].path, o[1], listed[o[0].path] == o[0].key) for o in outcomes if not isinstance(o, Exception)] \
+        == [(path, True, True) for path in paths]
+    assert [type(o).__name__ if isinstance(o, Exception) else o[1] for o in refused] == \
+        ["FolderFailed", "FolderFailed", True]
+
+
 def test_503_and_502_are_retried_by_the_client_on_reads_and_writes(one_mailbox_tenant: OneMailbox) -> None:
     """503 (Retry-After 1) on creates, a listing and $value, 502 on $value: retried inside the client, so the
     caller sees none of them; the refused creates were not applied and every message is there once."""

@@ -39,6 +39,8 @@ class Probe:
 
 FolderBatch = tuple[FolderInfo, Sequence[RawMessage]]  # messages to append to one folder
 AppendOutcome = Sequence[str | ItemFailed | None] | ItemFailed | FolderFailed  # of one batch (append_folders)
+FolderRequest = tuple[str, Role | None]  # a folder wanted at a path, in a role (ensure_folders)
+EnsureOutcome = tuple[FolderInfo, bool] | FolderFailed  # the folder and whether this call made it, or why not
 
 
 class Mailbox(Protocol):
@@ -53,6 +55,14 @@ class Mailbox(Protocol):
 
     def ensure_folder(self, path: str, role: Role | None) -> tuple[FolderInfo, bool]:
         """The folder at `path`, created if missing; returns (folder, created_now)."""
+        ...
+
+    def ensure_folders(self, wanted: Sequence[FolderRequest]) -> list[EnsureOutcome]:
+        """`ensure_folder` of each (path, role), in as few exchanges as the server allows (IMAP: each level of
+        the tree's CREATEs written at once, then every new folder's STATUS: a first pass creates most of a
+        mailbox's folders, and each cost two round trips). Each outcome is its own, (folder, created_now) or
+        the FolderFailed that refused it; raises what ensure_folder raises beyond that (Throttled,
+        MailboxFailed, Transient)."""
         ...
 
     def list_messages(self, folder: FolderInfo) -> list[MessageRef]: ...
@@ -184,6 +194,9 @@ class ReadOnlyMailbox:
 
     def ensure_folder(self, path: str, role: Role | None) -> tuple[FolderInfo, bool]:
         raise self._refuse(f"create folder {path!r}")
+
+    def ensure_folders(self, wanted: Sequence[FolderRequest]) -> list[EnsureOutcome]:
+        raise self._refuse(f"create folders {', '.join(repr(path) for path, _role in wanted)}")
 
     def append(self, folder: FolderInfo, messages: Sequence[RawMessage]) -> Sequence[str | ItemFailed | None]:
         raise self._refuse(f"append to {folder.path!r}")

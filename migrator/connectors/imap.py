@@ -27,13 +27,15 @@ from imapclient.imapclient import _literal
 
 from migrator.config import EndpointConfig
 from migrator.connectors import imap_fetch
-from migrator.connectors.base import AppendOutcome, FolderBatch, Probe, append_each
+from migrator.connectors.base import AppendOutcome, EnsureOutcome, FolderBatch, FolderRequest, Probe, append_each
 from migrator.connectors.imap_commands import (
     append_entries,
     appended_uids,
+    exchange,
     list_status,
     read_replies,
     reply_text,
+    statuses,
     store_commands,
     uid_commands,
     uid_search,
@@ -348,21 +350,21 @@ class ImapMailbox:
         folder's bytes (discovery needs it, a copy pass does not). The STATUS read here serves this
         session's first changes() and watermark() of the folder (_listed_status)."""
         items = (*_STATUS_ALWAYS, b"MESSAGES", *((b"HIGHESTMODSEQ",) if "QRESYNC" in self._caps else ()))
-        listing, statuses = self._list(items)
+        listing, listed = self._list(items)
+        listed.update(self._statuses([name for name, _separator, _role, selectable in listing if selectable and
+                                      not all(item in listed.get(name, {}) for item in items)], items))
         folders = []
         for name, separator, role, selectable in listing:
             key, count, size = None, 0, 0
             if selectable:
-                status = statuses.get(name, {})
-                if not all(item in status for item in items):  # LIST-STATUS may leave a folder out (RFC 5819)
-                    status = statuses[name] = self._status(name, *items)
+                status = listed[name]
                 key, count = str(status[b"UIDVALIDITY"]), int(status[b"MESSAGES"])
                 if sizes and count:
                     self._select(FolderInfo(name, separator, role, key), write=False)
                     size = sum(r.size for r in self._listing())
             folders.append(FolderInfo(name, separator, role, key, count, size, selectable))
         self._listed = {f.path: f for f in folders if f.selectable}
-        self._listed_statuses = {path: statuses[path] for path in self._listed}
+        self._listed_statuses = {path: listed[path] for path in self._listed}
         self._names = frozenset(f.path for f in folders)
         self._separator = next((f.separator for f in folders if f.separator), None)
         self._created = []
@@ -385,43 +387,64 @@ class ImapMailbox:
         of each selectable folder by name (possibly not of every one: callers ask for what is missing)."""
         with _translated(self.role, f"{self.context} LIST"):
             if status and "LIST-STATUS" in self._caps:
-                listing, statuses = list_status(self.client, status, special_use="SPECIAL-USE" in self._caps)
+                listing, found = list_status(self.client, status, special_use="SPECIAL-USE" in self._caps)
             else:
-                listing, statuses = self.client.list_folders(), {}
+                listing, found = self.client.list_folders(), {}
         result = []
         for flags, delimiter, name in listing:
             separator = delimiter.decode() if isinstance(delimiter, bytes) else delimiter
             role = Role.INBOX if name.upper() == "INBOX" else next(
                 (r for f, r in _ROLE_FLAGS.items() if f in flags), None)
             result.append((name, separator, role, not _UNSELECTABLE.intersection(flags)))
-        return result, statuses
+        return result, found
 
     def ensure_folder(self, path: str, role: Role | None) -> tuple[FolderInfo, bool]:
+        outcome = self.ensure_folders([(path, role)])[0]
+        if isinstance(outcome, FolderFailed):
+            raise outcome
+        return outcome
+
+    def ensure_folders(self, wanted: Sequence[FolderRequest]) -> list[EnsureOutcome]:
         """A folder this session's list_folders saw is taken as listed (its UIDVALIDITY from that STATUS):
         a copy pass lists the target once, then asks for every routed folder. Should the folder be recreated
         in between, every later use of it checks the key (SELECT, STATUS, APPENDUID) and stops the folder.
 
-        A folder that list did not show is created at once (CREATE, STATUS), without listing again: a first
-        pass creates most of a mailbox's folders, and a LIST before each cost a round trip and a listing of
-        the whole mailbox per folder (quadratic in its folders). The folder is listed first only where the
-        list may be out of date by this session's own doing (a CREATE of a folder below it may have made
-        it, RFC 3501 6.3.3) or shows it unselectable, or where no list was read; a refused CREATE is
-        checked against a new list (someone made the folder meanwhile: it is taken, not ours)."""
-        seen = self._listed.get(path)
-        if seen is not None and seen.key is not None:
-            return FolderInfo(path, seen.separator, seen.role, seen.key), False
-        if self._surely_absent(path):
-            try:
-                return self._create(path, role, self._separator), True
-            except FolderFailed as refused:
-                existing = self._existing(path)
-                if existing is None:
-                    raise refused from None
-                return existing, False
-        existing = self._existing(path)
-        if existing is not None:
-            return existing, False
-        return self._create(path, role, self._separator), True
+        Folders that list did not show are created without listing again, level by level of the tree (a
+        parent before its children), each level's CREATEs written at once, then every new folder's STATUS
+        at once: a first pass creates most of a mailbox's folders, and each cost a CREATE and a STATUS round
+        trip (before that, also a LIST of the whole mailbox, quadratic in its folders). A folder is listed
+        first only where the list may be out of date by this session's own doing (a CREATE of a folder below
+        it may have made it, RFC 3501 6.3.3) or shows it unselectable, or where no list was read; a refused
+        CREATE is checked against a new list (someone made the folder meanwhile: it is taken, not ours)."""
+        roles = dict(wanted)
+        outcomes: dict[str, EnsureOutcome] = {}
+        for path in roles:
+            seen = self._listed.get(path)
+            if seen is not None and seen.key is not None:
+                outcomes[path] = (FolderInfo(path, seen.separator, seen.role, seen.key), False)
+        created: list[str] = []
+        for level in self._levels([path for path in roles if path not in outcomes]):
+            unsure = [path for path in level if not self._surely_absent(path)]
+            found = self._existing(unsure) if unsure else {}
+            outcomes.update((path, (folder, False)) for path, folder in found.items() if folder is not None)
+            absent = [path for same_depth in self._levels([path for path in level if path not in outcomes])
+                      for path in same_depth]  # parents first here too: without a list before, all were level 0
+            refused = {path: exc for path, exc in zip(absent, self._create(absent), strict=True) if exc is not None}
+            taken = self._existing(list(refused)) if refused else {}
+            outcomes.update((path, (folder, False) if (folder := taken[path]) is not None else exc)
+                            for path, exc in refused.items())
+            created += [path for path in absent if path not in refused]
+        for path, status in self._kept_statuses(created).items():
+            outcomes[path] = status if isinstance(status, FolderFailed) else (
+                self._remember(FolderInfo(path, self._separator, roles[path], status)), True)
+        return [outcomes[path] for path, _role in wanted]
+
+    def _levels(self, paths: Sequence[str]) -> list[list[str]]:
+        """The paths by depth in the tree, shallowest first."""
+        depth: dict[int, list[str]] = {}
+        for path in paths:
+            depth.setdefault(path.count(self._separator) if self._separator else 0, []).append(path)
+        return [depth[level] for level in sorted(depth)]
 
     def _surely_absent(self, path: str) -> bool:
         """The session's last list lacks `path`, and no folder this session created since lies below it."""
@@ -430,28 +453,65 @@ class ImapMailbox:
         below = f"{path}{self._separator}" if self._separator else path
         return not any(created.startswith(below) for created in self._created)
 
-    def _existing(self, path: str) -> FolderInfo | None:
-        """The folder if a new LIST shows it selectable (its UIDVALIDITY read), else None."""
+    def _existing(self, paths: Sequence[str]) -> dict[str, FolderInfo | None]:
+        """Each folder that a new LIST shows selectable (its UIDVALIDITY read), else None."""
         listing = self._list()[0]
         self._separator = next((separator for _n, separator, _r, _s in listing if separator), self._separator)
-        found = next(((separator, role) for name, separator, role, selectable in listing
-                      if name == path and selectable), None)
-        if found is None:
-            return None
-        return FolderInfo(path, found[0], found[1], self._keep_status(path))
+        shown = {name: (separator, role) for name, separator, role, selectable in listing if selectable}
+        keys = self._kept_statuses([path for path in paths if path in shown])
+        return {path: FolderInfo(path, shown[path][0], shown[path][1], key) if isinstance(key := keys.get(path), str)
+                else None for path in paths}
 
-    def _create(self, path: str, role: Role | None, separator: str | None) -> FolderInfo:
-        with _translated(self.role, f"{self.context} CREATE {path!r}"):
-            self.client.create_folder(path)
-        self._created.append(path)
-        created = FolderInfo(path, separator, role, self._keep_status(path))
-        self._listed[path] = created
-        return created
+    def _create(self, paths: Sequence[str]) -> list[FolderFailed | None]:
+        """CREATE each folder, written at once; None where it was made, else the refusal as classify_failure
+        says (FolderFailed; anything else, such as Throttled, raised once every reply is read)."""
+        imap = self.client._imap
+        with _translated(self.role, f"{self.context} CREATE"):
+            replies = exchange(imap, "CREATE", [b"CREATE " + self.client._normalise_folder(path) for path in paths])
+        outcomes: list[FolderFailed | None] = []
+        for path, (typ, text) in zip(paths, replies, strict=True):
+            if typ == "OK":
+                self._created.append(path)
+                outcomes.append(None)
+                continue
+            refusal = classify_failure(imap_errors.IMAPClientError(text.decode("utf-8", "replace")),
+                                       f"{self.context} CREATE {path!r}", self.role)
+            if not isinstance(refusal, FolderFailed):
+                raise refusal
+            outcomes.append(refusal)
+        return outcomes
 
-    def _keep_status(self, path: str) -> str:
-        """The folder's UIDVALIDITY, its STATUS kept for the folder's watermark() (_listed_status)."""
-        status = self._listed_statuses[path] = self._status(path)
-        return str(status[b"UIDVALIDITY"])
+    def _kept_statuses(self, paths: Sequence[str]) -> dict[str, str | FolderFailed]:
+        """Each folder's UIDVALIDITY from one STATUS each, written at once, the STATUS kept for the folder's
+        watermark() (_listed_status); a FolderFailed where the server refused it."""
+        if not paths:
+            return {}
+        with _translated(self.role, f"{self.context} STATUS"):
+            found = statuses(self.client, paths, _STATUS_ALWAYS)
+        keys: dict[str, str | FolderFailed] = {}
+        for path, status in found.items():
+            if isinstance(status, str) or b"UIDVALIDITY" not in status:
+                keys[path] = FolderFailed(f"{self.context} STATUS {path!r}: server said: {status}")
+                continue
+            self._listed_statuses[path] = status
+            keys[path] = str(status[b"UIDVALIDITY"])
+        return keys
+
+    def _remember(self, folder: FolderInfo) -> FolderInfo:
+        self._listed[folder.path] = folder
+        return folder
+
+    def _statuses(self, paths: Sequence[str], items: Sequence[bytes]) -> dict[str, dict[bytes, Any]]:
+        """STATUS of each folder, written at once (a server without LIST-STATUS, or a folder its LIST-STATUS
+        left out, RFC 5819); a refusal raises FolderFailed."""
+        if not paths:
+            return {}
+        with _translated(self.role, f"{self.context} STATUS"):
+            found = statuses(self.client, paths, items)
+        refused = next(((path, status) for path, status in found.items() if isinstance(status, str)), None)
+        if refused is not None:
+            raise FolderFailed(f"{self.context} STATUS {refused[0]!r}: server said: {refused[1]}")
+        return {path: status for path, status in found.items() if not isinstance(status, str)}
 
     def _status(self, path: str, *extra: bytes) -> dict[bytes, Any]:
         """STATUS of UIDVALIDITY and UIDNEXT, and of the `extra` items (each asked once)."""

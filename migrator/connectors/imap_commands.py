@@ -34,10 +34,28 @@ def list_status(client: Any, items: Sequence[bytes], *, special_use: bool
                                      b"RETURN (" + options + b"STATUS (" + b" ".join(items) + b"))")
     client._checkok("list", typ, data)
     listed = imap._untagged_response(typ, data, "LIST")[1]
+    return client._proc_folder_list(listed), _status_replies(imap)
+
+
+def statuses(client: Any, paths: Sequence[str], items: Sequence[bytes]) -> dict[str, dict[bytes, Any] | str]:
+    """STATUS `items` of each folder, the commands written at once and answered after (exchange): one round
+    trip for a mailbox's folders where one each cost one (a server without LIST-STATUS, every folder a
+    first pass creates). A folder's value is its STATUS, or the server's words where it refused."""
+    imap = client._imap
+    imap.untagged_responses.pop("STATUS", None)
+    asked = b"(" + b" ".join(items) + b")"
+    replies = exchange(imap, "STATUS", [b"STATUS %s %s" % (client._normalise_folder(path), asked) for path in paths])
+    found = _status_replies(imap)
+    return {path: found[path] if typ == "OK" and path in found else
+            text.decode("utf-8", "replace") if typ != "OK" else "OK without a STATUS reply for the folder"
+            for path, (typ, text) in zip(paths, replies, strict=True)}
+
+
+def _status_replies(imap: Any) -> dict[str, dict[bytes, Any]]:
+    """The untagged STATUS replies imaplib stored, by folder name."""
     replies = [reply for reply in imap.untagged_responses.pop("STATUS", []) if reply not in (b"", None)]
-    statuses = {folder_name(name): dict(as_pairs(items))
-                for name, items in chunk(parse_response(replies) if replies else (), 2)}
-    return client._proc_folder_list(listed), statuses
+    return {folder_name(name): dict(as_pairs(items))
+            for name, items in chunk(parse_response(replies) if replies else (), 2)}
 
 
 def folder_name(name: Any) -> str:
@@ -125,15 +143,22 @@ def uid_commands(imap: Any, name: str, verb: bytes, commands: Sequence[tuple[Seq
         pending = left
 
 
+def exchange(imap: Any, name: str, commands: Sequence[bytes]) -> list[tuple[str, bytes]]:
+    """Write every command at once and read each one's tagged reply after (RFC 3501 5.5: a server may take
+    commands before the ones before them are answered): one round trip for all. Each reply is its
+    command's own: (OK, NO or BAD, its text)."""
+    tags = [imap._new_tag() for _command in commands]
+    imap.send(b"".join(b"%s %s\r\n" % (tag, command) for tag, command in zip(tags, commands, strict=True)))
+    return [(typ, reply_text(data)) for typ, data in read_replies(imap, name, tags)]
+
+
 def pipelined(imap: Any, name: str, commands: Sequence[bytes]) -> list[int | None]:
     """Write every command at once and read the replies after (RFC 3501 5.5 allows it for commands on
     distinct messages); raises the first refusal once every reply is read, so the session stays usable.
     Returns where each command stopped at the server's message limit (imap_fetch.stopped_at); a code in
     an untagged NO, which names no command, counts for each."""
     imap.untagged_responses.pop("MESSAGELIMIT", None)
-    tags = [imap._new_tag() for _command in commands]
-    imap.send(b"".join(b"%s %s\r\n" % (tag, command) for tag, command in zip(tags, commands, strict=True)))
-    replies = [(typ, reply_text(data)) for typ, data in read_replies(imap, name, tags)]
+    replies = exchange(imap, name, commands)
     refusals = [text.decode("utf-8", "replace") for typ, text in replies if typ != "OK"]
     if refusals:
         raise imap_errors.IMAPClientError(f"{name} failed: {refusals[0]}")

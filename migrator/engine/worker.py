@@ -20,7 +20,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 
 from migrator.accounting import Progress
 from migrator.config import Config, FilterConfig
-from migrator.connectors.base import Endpoint, Mailbox, open_mailbox
+from migrator.connectors.base import Endpoint, EnsureOutcome, Mailbox, open_mailbox
 from migrator.engine import diff
 from migrator.engine.checkpoint import CrashHook, Journal
 from migrator.engine.copier import AppendLane, FolderCopier, FolderStage, StagedFolder, count_wait
@@ -258,11 +258,12 @@ def _copy_folders(ctx: RunContext, record: MailboxRecord, journal: Journal, src:
     if planned:
         journal.target_folders(list(planned.values()))
     known_targets = {**known_targets, **planned}
+    journal.check_stop()
     jobs: list[FolderJob] = []
-    for route in routes:
-        journal.check_stop()
+    ensured = dst.ensure_folders([(route.target_path, route.role) for route in routes])  # together: one exchange
+    for route, outcome in zip(routes, ensured, strict=True):
         try:
-            target = _target_folder(dst, route, known_targets, journal)
+            target = _target_folder(route, outcome, known_targets, journal)
             jobs.append(FolderJob(route, target, dst.watermark(target)))  # before the pass's first APPEND to it
         except FolderFailed as exc:
             folder_failed(exc)
@@ -376,12 +377,14 @@ def _native_format(journal: Journal, src: Mailbox, dst: Mailbox) -> str | None:
     return shared[0] if shared else None
 
 
-def _target_folder(dst: Mailbox, route: FolderRoute, known: Mapping[str, TargetFolderRecord],
+def _target_folder(route: FolderRoute, ensured: EnsureOutcome, known: Mapping[str, TargetFolderRecord],
                    journal: Journal) -> FolderInfo:
-    """The target folder of a route, created if missing (`known` already says so for a folder about to be
-    created), its UIDVALIDITY checked against the one the ledger knows and kept."""
+    """The target folder of a route as ensure_folders gave it (`known` already says so for a folder about to
+    be created), its UIDVALIDITY checked against the one the ledger knows and kept."""
+    if isinstance(ensured, FolderFailed):
+        raise ensured
     record = known.get(route.target_path)
-    folder, created = dst.ensure_folder(route.target_path, route.role)
+    folder, created = ensured
     if record is not None and record.uidvalidity not in (None, folder.key):
         raise FolderFailed(f"safety stop: target folder {folder.path!r} was recreated (UIDVALIDITY {folder.key}, "
                            f"was {record.uidvalidity}); the ledger's target ids there are void: nothing copied into it")

@@ -39,7 +39,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from migrator.connectors.base import AppendOutcome, FolderBatch, append_each
+from migrator.connectors.base import AppendOutcome, EnsureOutcome, FolderBatch, FolderRequest, append_each
 from migrator.connectors.graph import mime
 from migrator.connectors.graph.client import (
     MAILBOX_CONCURRENCY,
@@ -195,41 +195,62 @@ class GraphMailbox:
         return folder_id
 
     def ensure_folder(self, path: str, role: Role | None) -> tuple[FolderInfo, bool]:
-        """The folder at `path`, created level by level where missing. The tree read earlier in this
-        session is trusted, for folders it lacks too: a first pass creates most of a mailbox's folders, and
-        reading the tree again before each (a request per folder with children) cost requests of the
-        mailbox's budget per folder. A folder someone made meanwhile is refused as ErrorFolderExists, and
-        then taken (_create_folder). Without a tree read yet, it is read first."""
+        outcome = self.ensure_folders([(path, role)])[0]
+        if isinstance(outcome, FolderFailed):
+            raise outcome
+        return outcome
+
+    def ensure_folders(self, wanted: Sequence[FolderRequest]) -> list[EnsureOutcome]:
+        """The folders at these paths, created level by level of the tree where missing, each level's
+        creates at once over the mailbox's request slots (MAILBOX_CONCURRENCY): a first pass creates most
+        of a mailbox's folders, and one after the other each cost a request's round trip. The tree read
+        earlier in this session is trusted, for folders it lacks too: reading it again before each (a
+        request per folder with children) cost requests of the mailbox's budget per folder. A folder
+        someone made meanwhile is refused as ErrorFolderExists, and then taken from a new read of the tree,
+        never reported as created (a rollback removes only ours). Without a tree read yet, it is read first."""
         if not self._walked:
             self._tree()
-        if path in self._ids:
-            return self._info(path), False
-        parent, created = "", False
-        for part in path.split(SEPARATOR):
-            here = f"{parent}{SEPARATOR}{part}" if parent else part
-            created = here not in self._ids and self._create_folder(parent, part, here)
-            parent = here
-        return self._info(path), created
+        made: set[str] = set()
+        failed: dict[str, FolderFailed] = {}
+        for level in _levels(path for path, _role in wanted):
+            present = {"", *self._ids}  # "": the root; a folder under one that failed is not tried
+            todo = [here for here in level if here not in present and _parent(here) in present]
+            answers = self._parallel(self._post_folder, todo)
+            for here, answer in zip(todo, answers, strict=True):
+                if isinstance(answer, str):
+                    self._ids[here] = answer
+                    made.add(here)
+                elif answer.code != "ErrorFolderExists":  # created by someone else meanwhile: use it
+                    error = translate(answer, f"{self.context} create folder {here!r}")
+                    if not isinstance(error, FolderFailed):
+                        raise error
+                    failed[here] = error
+            if any(not isinstance(answer, str) and answer.code == "ErrorFolderExists" for answer in answers):
+                self._tree()
+        return [self._ensured(path, made, failed) for path, _role in wanted]
+
+    def _post_folder(self, path: str) -> str | GraphError:
+        """Create the folder at `path` under its parent (which exists): its id, or the service's refusal."""
+        parent, _, name = path.rpartition(SEPARATOR)
+        url = self._url(f"/mailFolders/{self._ids[parent]}/childFolders" if parent else "/mailFolders")
+        try:
+            return str(self.client.call("POST", url, self.address, json={"displayName": name}).json()["id"])
+        except GraphError as exc:
+            return exc
+
+    def _ensured(self, path: str, made: set[str], failed: Mapping[str, FolderFailed]) -> EnsureOutcome:
+        refused = next((failed[here] for here in _prefixes(path) if here in failed), None)
+        if refused is not None:
+            return refused
+        if path not in self._ids:
+            return FolderFailed(f"{self.context} folder {path!r}: refused as existing, then not found")
+        return self._info(path), path in made
 
     def _info(self, path: str) -> FolderInfo:
         folder_id = self._ids[path]
         with translated(f"{self.context} folders"):
             role = self._roles().get(folder_id)
         return FolderInfo(path, SEPARATOR, role, folder_key(folder_id))
-
-    def _create_folder(self, parent: str, name: str, path: str) -> bool:
-        """True if this request made the folder; False if someone else had made it (then it is not ours: a
-        rollback must never remove it)."""
-        url = self._url(f"/mailFolders/{self._ids[parent]}/childFolders" if parent else "/mailFolders")
-        try:
-            created = self.client.call("POST", url, self.address, json={"displayName": name}).json()
-        except GraphError as exc:
-            if exc.code != "ErrorFolderExists":  # created by someone else meanwhile: use it
-                raise translate(exc, f"{self.context} create folder {name!r}") from None
-            self._tree()
-            return False
-        self._ids[path] = str(created["id"])
-        return True
 
     def remove_folder(self, folder: FolderInfo) -> None:
         try:
@@ -585,3 +606,22 @@ def _ref(item: Mapping[str, Any]) -> MessageRef:
                  if mime.same_property_id(str(p.get("id", "")), mime.SIZE_PROPERTY)), 0)
     received = datetime.fromisoformat(str(item["receivedDateTime"]).replace("Z", "+00:00"))
     return MessageRef(str(item["id"]), size, mime.flags_from_graph(item), received)
+
+
+def _prefixes(path: str) -> list[str]:
+    """The folders a path needs, parents first: A, A/B and A/B/C for A/B/C."""
+    parts = path.split(SEPARATOR)
+    return [SEPARATOR.join(parts[:depth]) for depth in range(1, len(parts) + 1)]
+
+
+def _parent(path: str) -> str:
+    return path.rpartition(SEPARATOR)[0]
+
+
+def _levels(paths: Iterable[str]) -> list[list[str]]:
+    """Every folder the paths need, by depth in the tree, shallowest first."""
+    levels: dict[int, dict[str, None]] = {}
+    for path in paths:
+        for depth, here in enumerate(_prefixes(path)):
+            levels.setdefault(depth, {})[here] = None
+    return [list(levels[depth]) for depth in sorted(levels)]
