@@ -211,3 +211,44 @@ def test_a_refused_fetch_raises_and_leaves_the_connection_usable(
         imap_fetch.uid_fetch(client._imap, b"1:*", b"(NOSUCHITEM)")
     assert not client._imap.tagged_commands
     assert client.noop()[0].startswith(b"NOOP")
+
+
+class _Pipelined:
+    """An imaplib connection as imap_commands.statuses sees it: replies given, writes recorded."""
+
+    def __init__(self, untagged: list[bytes], tagged: list[tuple[str, list[bytes]]]) -> None:
+        self.untagged_responses: dict[str, list[bytes]] = {}
+        self.sent: list[bytes] = []
+        self._untagged, self._tagged = untagged, iter(tagged)
+        self._tags = 0
+
+    def _new_tag(self) -> bytes:
+        self._tags += 1
+        return b"T%d" % self._tags
+
+    def send(self, data: bytes) -> None:
+        self.sent.append(data)
+        self.untagged_responses["STATUS"] = self._untagged
+
+    def _command_complete(self, _name: str, _tag: bytes) -> tuple[str, list[bytes]]:
+        return next(self._tagged)
+
+
+class _Client:
+    def __init__(self, imap: _Pipelined) -> None:
+        self._imap = imap
+
+    def _normalise_folder(self, name: str) -> bytes:
+        return b'"' + name.encode() + b'"'
+
+
+def test_statuses_of_many_folders_go_in_one_write_and_pair_with_their_replies_in_order() -> None:
+    """STATUS of every folder written at once; each reply is its command's in order, whatever name the server
+    gives the folder in it (imapclient's folder_status never looked at the name); a refusal stays its own."""
+    imap = _Pipelined([b'"sent" (UIDVALIDITY 5 UIDNEXT 9)', b'"Drafts" (UIDVALIDITY 6 UIDNEXT 2)'],
+                      [("OK", [b"done"]), ("NO", [b"Mailbox doesn't exist: Gone"]), ("OK", [b"done"])])
+    found = imap_commands.statuses(_Client(imap), ["Sent", "Gone", "Drafts"], [b"UIDVALIDITY", b"UIDNEXT"])
+    assert found == {"Sent": {b"UIDVALIDITY": 5, b"UIDNEXT": 9}, "Gone": "Mailbox doesn't exist: Gone",
+                     "Drafts": {b"UIDVALIDITY": 6, b"UIDNEXT": 2}}
+    assert imap.sent == [b'T1 STATUS "Sent" (UIDVALIDITY UIDNEXT)\r\nT2 STATUS "Gone" (UIDVALIDITY UIDNEXT)\r\n'
+                         b'T3 STATUS "Drafts" (UIDVALIDITY UIDNEXT)\r\n']

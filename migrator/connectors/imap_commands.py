@@ -34,7 +34,7 @@ def list_status(client: Any, items: Sequence[bytes], *, special_use: bool
                                      b"RETURN (" + options + b"STATUS (" + b" ".join(items) + b"))")
     client._checkok("list", typ, data)
     listed = imap._untagged_response(typ, data, "LIST")[1]
-    return client._proc_folder_list(listed), _status_replies(imap)
+    return client._proc_folder_list(listed), dict(_status_list(imap))
 
 
 def statuses(client: Any, paths: Sequence[str], items: Sequence[bytes]) -> dict[str, dict[bytes, Any] | str]:
@@ -45,17 +45,22 @@ def statuses(client: Any, paths: Sequence[str], items: Sequence[bytes]) -> dict[
     imap.untagged_responses.pop("STATUS", None)
     asked = b"(" + b" ".join(items) + b")"
     replies = exchange(imap, "STATUS", [b"STATUS %s %s" % (client._normalise_folder(path), asked) for path in paths])
-    found = _status_replies(imap)
-    return {path: found[path] if typ == "OK" and path in found else
+    found = _status_list(imap)
+    answered = [path for path, (typ, _text) in zip(paths, replies, strict=True) if typ == "OK"]
+    # one STATUS reply per command answered OK, in order: paired so, as imapclient's folder_status took the
+    # reply whatever name it gave; by name where a server sent more or fewer
+    by_path = dict(zip(answered, (items for _name, items in found), strict=True)) \
+        if len(found) == len(answered) else dict(found)
+    return {path: by_path[path] if typ == "OK" and path in by_path else
             text.decode("utf-8", "replace") if typ != "OK" else "OK without a STATUS reply for the folder"
             for path, (typ, text) in zip(paths, replies, strict=True)}
 
 
-def _status_replies(imap: Any) -> dict[str, dict[bytes, Any]]:
-    """The untagged STATUS replies imaplib stored, by folder name."""
+def _status_list(imap: Any) -> list[tuple[str, dict[bytes, Any]]]:
+    """The untagged STATUS replies imaplib stored, in order: (folder name, its items)."""
     replies = [reply for reply in imap.untagged_responses.pop("STATUS", []) if reply not in (b"", None)]
-    return {folder_name(name): dict(as_pairs(items))
-            for name, items in chunk(parse_response(replies) if replies else (), 2)}
+    return [(folder_name(name), dict(as_pairs(items)))
+            for name, items in chunk(parse_response(replies) if replies else (), 2)]
 
 
 def folder_name(name: Any) -> str:
