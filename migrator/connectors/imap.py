@@ -36,6 +36,7 @@ from migrator.connectors.imap_commands import (
     read_replies,
     reply_text,
     statuses,
+    storable,
     store_commands,
     uid_commands,
     uid_search,
@@ -252,11 +253,6 @@ def _close(client: Any) -> None:
     except (imap_errors.IMAPClientError, OSError, EOFError):
         with suppress(OSError):
             client.shutdown()
-
-
-def _storable(flags: frozenset[str]) -> frozenset[str]:
-    """Keywords from other kinds of endpoint (Exchange categories) may hold spaces: IMAP needs atoms."""
-    return Capabilities().storable_flags(flags)
 
 
 def _limit(caps: frozenset[str], name: str) -> int | None:
@@ -656,7 +652,7 @@ class ImapMailbox:
         self._select(folder, write=True)
         groups: dict[frozenset[str], list[int]] = {}
         for uid, wanted in flags.items():
-            groups.setdefault(_storable(wanted), []).append(int(uid))
+            groups.setdefault(storable(wanted), []).append(int(uid))
         if groups:
             with _translated(self.role, f"{self.context} STORE in {folder.path!r}"):
                 store_commands(self.client._imap, groups, most=self._message_limit)

@@ -212,10 +212,10 @@ def uid_set_parts(uids: Iterable[int], most: int | None = None) -> list[list[ima
 @lru_cache(maxsize=4096)
 def flag_list(flags: frozenset[str]) -> bytes:
     """The flags an APPEND carries, in a flag list. Cached: a folder has few distinct flag sets."""
-    return " ".join(sorted(_storable(flags))).encode()
+    return " ".join(sorted(storable(flags))).encode()
 
 
-def _storable(flags: frozenset[str]) -> frozenset[str]:
+def storable(flags: frozenset[str]) -> frozenset[str]:
     """Keywords from other kinds of endpoint (Exchange categories) may hold spaces: IMAP needs atoms."""
     return Capabilities().storable_flags(flags)
 
