@@ -342,9 +342,9 @@ class ImapMailbox:
     def list_folders(self, *, sizes: bool = True) -> list[FolderInfo]:
         """LIST, and the STATUS of every selectable folder (UIDVALIDITY, UIDNEXT, MESSAGES, and HIGHESTMODSEQ
         where changes() reads it): inside the LIST command where the server offers LIST-STATUS (RFC 5819),
-        one STATUS command per folder otherwise. With `sizes`, also every message's RFC822.SIZE to sum the
-        folder's bytes (discovery needs it, a copy pass does not). The STATUS read here serves this
-        session's first changes() and watermark() of the folder (_listed_status)."""
+        otherwise one STATUS per folder, all written at once. With `sizes`, also every message's RFC822.SIZE
+        to sum the folder's bytes (discovery needs it, a copy pass does not). The STATUS read here serves
+        this session's first changes() and watermark() of the folder (_listed_status)."""
         items = (*_STATUS_ALWAYS, b"MESSAGES", *((b"HIGHESTMODSEQ",) if "QRESYNC" in self._caps else ()))
         listing, listed = self._list(items)
         listed.update(self._statuses([name for name, _separator, _role, selectable in listing if selectable and
