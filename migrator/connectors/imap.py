@@ -464,18 +464,17 @@ class ImapMailbox:
         imap = self.client._imap
         with _translated(self.role, f"{self.context} CREATE"):
             replies = exchange(imap, "CREATE", [b"CREATE " + self.client._normalise_folder(path) for path in paths])
-        outcomes: list[FolderFailed | None] = []
-        for path, (typ, text) in zip(paths, replies, strict=True):
-            if typ == "OK":
-                self._created.append(path)
-                outcomes.append(None)
-                continue
-            refusal = classify_failure(imap_errors.IMAPClientError(text.decode("utf-8", "replace")),
-                                       f"{self.context} CREATE {path!r}", self.role)
-            if not isinstance(refusal, FolderFailed):
+        self._created += [path for path, (typ, _text) in zip(paths, replies, strict=True) if typ == "OK"]
+        refusals = [None if typ == "OK" else self._refusal(text, f"{self.context} CREATE {path!r}")
+                    for path, (typ, text) in zip(paths, replies, strict=True)]
+        for refusal in refusals:
+            if refusal is not None and not isinstance(refusal, FolderFailed):
                 raise refusal
-            outcomes.append(refusal)
-        return outcomes
+        return [refusal if isinstance(refusal, FolderFailed) else None for refusal in refusals]
+
+    def _refusal(self, text: bytes, context: str) -> MigratorError:
+        """A command's refusal (its reply's text) as classify_failure says."""
+        return classify_failure(imap_errors.IMAPClientError(text.decode("utf-8", "replace")), context, self.role)
 
     def _kept_statuses(self, paths: Sequence[str]) -> dict[str, str | FolderFailed]:
         """Each folder's UIDVALIDITY from one STATUS each, written at once, the STATUS kept for the folder's
@@ -630,7 +629,7 @@ class ImapMailbox:
         """The ids of an APPEND's `count` messages from its reply; a refusal raises as classify_failure says."""
         text = reply_text(data)
         if typ != "OK":
-            raise classify_failure(imap_errors.IMAPClientError(text.decode("utf-8", "replace")), context, self.role)
+            raise self._refusal(text, context)
         if "UIDPLUS" not in self._caps:  # an unadvertised APPENDUID is not a promise: callers search instead
             return [None] * count
         return appended_uids(text, folder, count)
