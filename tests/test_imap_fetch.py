@@ -84,9 +84,9 @@ def test_uid_ranges_read_in_either_order() -> None:
 
 
 def test_uid_sets_are_compact() -> None:
-    assert imap_fetch.uid_set([1, 2, 3, 5, 7, 8, 10]) == b"1:3,5,7:8,10"
-    assert imap_fetch.uid_set([4]) == b"4"
-    assert imap_fetch.uid_set([]) == b""
+    assert imap_fetch.set_text(imap_fetch.uid_runs([1, 2, 3, 5, 7, 8, 10])) == b"1:3,5,7:8,10"
+    assert imap_fetch.set_text(imap_fetch.uid_runs([4])) == b"4"
+    assert imap_fetch.set_text(imap_fetch.uid_runs([])) == b""
     assert imap_fetch.set_text([(1, None), (3, 3)]) == b"1:*,3"
 
 
@@ -96,6 +96,15 @@ def test_what_a_command_stopped_at_its_message_limit_left_undone() -> None:
     assert imap_fetch.below([(1, None)], 500) == [(1, 499)]
     assert imap_fetch.below([(5, 9)], 5) == []
     assert imap_fetch.below([(5, 9)], None) == []
+
+
+def test_a_server_that_stops_without_progress_is_an_error_not_a_loop() -> None:
+    """A stop at a UID above everything asked leaves the whole set undone: asking again would never end."""
+    spans: list[imap_fetch.Span] = [(1, 3), (7, 9)]
+    with pytest.raises(IMAPClientError, match="without progress"):
+        imap_fetch.progressed(spans, imap_fetch.below(spans, 50), "FETCH")
+    assert imap_fetch.progressed(spans, imap_fetch.below(spans, 8), "FETCH") == [(1, 3), (7, 7)]
+    assert imap_fetch.progressed(spans, imap_fetch.below(spans, None), "FETCH") == []
 
 
 class _Replies:

@@ -261,14 +261,6 @@ def _limit(caps: frozenset[str], name: str) -> int | None:
                  if key == name and value.isdigit()), None)
 
 
-def _progress(spans: list[imap_fetch.Span], left: list[imap_fetch.Span], command: str) -> list[imap_fetch.Span]:
-    """The spans still to ask for after a command that stopped at the server's message limit; a stop that
-    left every UID undone would repeat forever, and is the server's error."""
-    if left and left == spans:
-        raise imap_errors.IMAPClientError(f"{command} stopped at the server's message limit without progress")
-    return left
-
-
 def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """Spans of UIDs without overlaps: a FETCH asked again below a message limit names expunges again."""
     merged: list[tuple[int, int]] = []
@@ -347,8 +339,12 @@ class ImapMailbox:
         this session's first changes() and watermark() of the folder (_listed_status)."""
         items = (*_STATUS_ALWAYS, b"MESSAGES", *((b"HIGHESTMODSEQ",) if "QRESYNC" in self._caps else ()))
         listing, listed = self._list(items)
-        listed.update(self._statuses([name for name, _separator, _role, selectable in listing if selectable and
-                                      not all(item in listed.get(name, {}) for item in items)], items))
+        for name, status in self._statuses([name for name, _separator, _role, selectable in listing if selectable
+                                            and not all(item in listed.get(name, {}) for item in items)],
+                                           items).items():
+            if isinstance(status, FolderFailed):
+                raise status
+            listed[name] = status
         folders = []
         for name, separator, role, selectable in listing:
             key, count, size = None, 0, 0
@@ -423,8 +419,8 @@ class ImapMailbox:
             unsure = [path for path in level if not self._surely_absent(path)]
             found = self._existing(unsure) if unsure else {}
             outcomes.update((path, (folder, False)) for path, folder in found.items() if folder is not None)
-            absent = [path for same_depth in self._levels([path for path in level if path not in outcomes])
-                      for path in same_depth]  # parents first here too: without a list before, all were level 0
+            # parents first here too: without a list before, the separator was unknown and all were level 0
+            absent = sorted((path for path in level if path not in outcomes), key=self._depth)
             refused = {path: exc for path, exc in zip(absent, self._create(absent), strict=True) if exc is not None}
             taken = self._existing(list(refused)) if refused else {}
             outcomes.update((path, (folder, False) if (folder := taken[path]) is not None else exc)
@@ -439,8 +435,11 @@ class ImapMailbox:
         """The paths by depth in the tree, shallowest first."""
         depth: dict[int, list[str]] = {}
         for path in paths:
-            depth.setdefault(path.count(self._separator) if self._separator else 0, []).append(path)
+            depth.setdefault(self._depth(path), []).append(path)
         return [depth[level] for level in sorted(depth)]
+
+    def _depth(self, path: str) -> int:
+        return path.count(self._separator) if self._separator else 0
 
     def _surely_absent(self, path: str) -> bool:
         """The session's last list lacks `path`, and no folder this session created since lies below it."""
@@ -477,36 +476,29 @@ class ImapMailbox:
         return classify_failure(imap_errors.IMAPClientError(text.decode("utf-8", "replace")), context, self.role)
 
     def _kept_statuses(self, paths: Sequence[str]) -> dict[str, str | FolderFailed]:
-        """Each folder's UIDVALIDITY from one STATUS each, written at once, the STATUS kept for the folder's
-        watermark() (_listed_status); a FolderFailed where the server refused it."""
-        if not paths:
-            return {}
-        with _translated(self.role, f"{self.context} STATUS"):
-            found = statuses(self.client, paths, _STATUS_ALWAYS)
+        """Each folder's UIDVALIDITY (or why not), its STATUS kept for the folder's watermark() (_listed_status)."""
         keys: dict[str, str | FolderFailed] = {}
-        for path, status in found.items():
-            if isinstance(status, str) or b"UIDVALIDITY" not in status:
-                keys[path] = FolderFailed(f"{self.context} STATUS {path!r}: server said: {status}")
-                continue
-            self._listed_statuses[path] = status
-            keys[path] = str(status[b"UIDVALIDITY"])
+        for path, status in self._statuses(paths, _STATUS_ALWAYS).items():
+            if not isinstance(status, FolderFailed):
+                self._listed_statuses[path] = status
+            keys[path] = status if isinstance(status, FolderFailed) else str(status[b"UIDVALIDITY"])
         return keys
 
     def _remember(self, folder: FolderInfo) -> FolderInfo:
         self._listed[folder.path] = folder
         return folder
 
-    def _statuses(self, paths: Sequence[str], items: Sequence[bytes]) -> dict[str, dict[bytes, Any]]:
+    def _statuses(self, paths: Sequence[str], items: Sequence[bytes]) -> dict[str, dict[bytes, Any] | FolderFailed]:
         """STATUS of each folder, written at once (a server without LIST-STATUS, or a folder its LIST-STATUS
-        left out, RFC 5819); a refusal raises FolderFailed."""
+        left out, RFC 5819; the folders a pass creates); a FolderFailed where the server refused it or gave
+        no UIDVALIDITY."""
         if not paths:
             return {}
         with _translated(self.role, f"{self.context} STATUS"):
             found = statuses(self.client, paths, items)
-        refused = next(((path, status) for path, status in found.items() if isinstance(status, str)), None)
-        if refused is not None:
-            raise FolderFailed(f"{self.context} STATUS {refused[0]!r}: server said: {refused[1]}")
-        return {path: status for path, status in found.items() if not isinstance(status, str)}
+        return {path: FolderFailed(f"{self.context} STATUS {path!r}: server said: {status}")
+                if isinstance(status, str) or b"UIDVALIDITY" not in status else status
+                for path, status in found.items()}
 
     def _status(self, path: str, *extra: bytes) -> dict[bytes, Any]:
         """STATUS of UIDVALIDITY and UIDNEXT, and of the `extra` items (each asked once)."""
@@ -530,7 +522,7 @@ class ImapMailbox:
         while spans:
             uids, stopped = uid_search(self.client._imap, spans, criteria)
             found.update(uid for uid in uids if uid >= floor)  # "floor:*" names the highest UID when all are below
-            spans = _progress(spans, imap_fetch.below(spans, stopped), "SEARCH")
+            spans = imap_fetch.progressed(spans, imap_fetch.below(spans, stopped), "SEARCH")
         return sorted(found)
 
     def _refs(self, uids: Sequence[int]) -> list[MessageRef]:
@@ -554,7 +546,7 @@ class ImapMailbox:
         while spans:
             replies, stopped = imap_fetch.uid_fetch(self.client._imap, imap_fetch.set_text(spans), items)
             data.extend(replies)
-            spans = _progress(spans, imap_fetch.below(spans, stopped), "FETCH")
+            spans = imap_fetch.progressed(spans, imap_fetch.below(spans, stopped), "FETCH")
         return data
 
     def list_messages(self, folder: FolderInfo) -> list[MessageRef]:

@@ -143,9 +143,7 @@ def uid_commands(imap: Any, name: str, verb: bytes, commands: Sequence[tuple[Seq
                                          for spans, tail in pending])
         left = [(rest, tail) for (spans, tail), stop in zip(pending, stopped, strict=True)
                 if (rest := imap_fetch.below(spans, stop))]
-        if left == pending:
-            raise imap_errors.IMAPClientError(f"{name} stopped at the server's message limit without progress")
-        pending = left
+        pending = imap_fetch.progressed(pending, left, name)
 
 
 def exchange(imap: Any, name: str, commands: Sequence[bytes]) -> list[tuple[str, bytes]]:

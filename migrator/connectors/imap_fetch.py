@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 from imapclient.datetime_util import datetime_to_INTERNALDATE
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
@@ -37,6 +37,7 @@ _BODY_HEAD = re.compile(rb"\d+ \(" + _OTHER + rb"BODY\[\] \{(?P<size>\d+)\}")
 _BODY_TAIL = re.compile(rb"(?:(?: UID (?P<uid>\d+)| MODSEQ \(\d+\)| FLAGS \([^()]*\)))*\)")
 
 Listing = dict[int, tuple[int, tuple[bytes, ...], datetime]]
+T = TypeVar("T")
 
 
 _MONTHS = {name: number for number, name in enumerate(
@@ -247,9 +248,12 @@ def set_text(spans: Sequence[Span]) -> bytes:
                      for first, last in spans)
 
 
-def uid_set(uids: Sequence[int]) -> bytes:
-    """A compact UID set ("1:5,8,10:12") for sorted UIDs."""
-    return set_text(uid_runs(uids))
+def progressed(before: list[T], left: list[T], command: str) -> list[T]:
+    """What is still to ask for after a round of commands that a server stopped at its message limit
+    (below); a round that left everything undone would repeat forever, and is the server's error."""
+    if left and left == before:
+        raise IMAPClientError(f"{command} stopped at the server's message limit without progress")
+    return left
 
 
 def below(spans: Sequence[Span], stopped: int | None) -> list[Span]:

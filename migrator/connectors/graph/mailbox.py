@@ -215,17 +215,19 @@ class GraphMailbox:
         for level in _levels(path for path, _role in wanted):
             present = {"", *self._ids}  # "": the root; a folder under one that failed is not tried
             todo = [here for here in level if here not in present and _parent(here) in present]
-            answers = self._parallel(self._post_folder, todo)
-            for here, answer in zip(todo, answers, strict=True):
+            someone_made = False  # a folder created by someone else meanwhile: use it, from a new read of the tree
+            for here, answer in zip(todo, self._parallel(self._post_folder, todo), strict=True):
                 if isinstance(answer, str):
                     self._ids[here] = answer
                     made.add(here)
-                elif answer.code != "ErrorFolderExists":  # created by someone else meanwhile: use it
+                elif answer.code == "ErrorFolderExists":
+                    someone_made = True
+                else:
                     error = translate(answer, f"{self.context} create folder {here!r}")
                     if not isinstance(error, FolderFailed):
                         raise error
                     failed[here] = error
-            if any(not isinstance(answer, str) and answer.code == "ErrorFolderExists" for answer in answers):
+            if someone_made:
                 self._tree()
         return [self._ensured(path, made, failed) for path, _role in wanted]
 
