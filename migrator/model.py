@@ -144,15 +144,21 @@ class CopyTag:
 
 @dataclass(frozen=True)
 class FolderChanges:
-    """What changed in a folder since a cursor (Graph delta, IMAP QRESYNC): messages new or changed, ids
-    gone (`removed`, possibly with ids the ledger never held), and the cursor to keep once this pass has
-    acted on them. `complete` when `changed` is the whole folder (no cursor yet, or the server no longer
-    knew it)."""
+    """What changed in a folder since a cursor (Graph delta, IMAP QRESYNC or CONDSTORE): messages new or
+    changed, ids gone (`removed`, possibly with ids the ledger never held), and the cursor to keep once
+    this pass has acted on them. `complete` when `changed` is the whole folder (no cursor yet, or the
+    server no longer knew it). A server that cannot name what was deleted (CONDSTORE without QRESYNC)
+    gives every id the folder still holds instead (`present`): whatever else the ledger holds is gone."""
 
     changed: list[MessageRef]
     removed: list[str]
     cursor: str
     complete: bool
+    present: frozenset[str] | None = None
+
+    def unchanged(self) -> bool:
+        """Nothing new, changed or gone since the cursor."""
+        return not self.complete and not self.changed and not self.removed and self.present is None
 
 
 @dataclass(frozen=True)

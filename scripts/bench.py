@@ -86,7 +86,14 @@ from migrator.connectors.base import open_mailbox
 from migrator.connectors.registry import make_endpoint
 from migrator.engine.worker import CHUNK_BYTES, CHUNK_MESSAGES
 from migrator.lab.corpus import mailbox_snapshot
-from migrator.lab.dovecot import DOVEADM, DOVECOT, DovecotServer, LabUser, ensure_dovecot_installed
+from migrator.lab.dovecot import (
+    CONDSTORE_ONLY_CAPABILITIES,
+    DOVEADM,
+    DOVECOT,
+    DovecotServer,
+    LabUser,
+    ensure_dovecot_installed,
+)
 from migrator.model import Login, MessageRef, RawMessage, Secret
 
 REPO = Path(__file__).resolve().parent.parent
@@ -581,8 +588,10 @@ class Bench:
 
     def start_servers(self) -> None:
         fsync = f"mail_fsync = {self.args.mail_fsync}\n"
+        capabilities = CONDSTORE_ONLY_CAPABILITIES if self.args.source_condstore_only else None
         self.source = DovecotServer(root=ROOT / "source", name="bench-source", layout="source",
-                                    users=[LabUser(n, SOURCE_PASSWORD) for n in self.names], extra_config=fsync)
+                                    users=[LabUser(n, SOURCE_PASSWORD) for n in self.names], extra_config=fsync,
+                                    capabilities=capabilities)
         self.servers.append(self.source)
         self.source.start()
         # One target server for every copy, so all of them write to the same storage with the same settings:
@@ -596,7 +605,8 @@ class Bench:
                                     extra_config=fsync + imapc)
         self.servers.append(self.target)
         self.target.start()
-        self.say(f"source: Dovecot {self.notes['dovecot']} on 127.0.0.1:{self.source.port} (Maildir, '.')")
+        self.say(f"source: Dovecot {self.notes['dovecot']} on 127.0.0.1:{self.source.port} (Maildir, '.')"
+                 + (", advertising CONDSTORE without QRESYNC" if capabilities else ""))
         self.say(f"target: Dovecot on 127.0.0.1:{self.target.port} (sdbox, '/', Exchange-style names)")
         self.say(f"dsync (c'): target config has imapc_host/port/user = %u/password, "
                  f"{DSYNC_TUNING.strip().replace(chr(10), ', ')}")
@@ -1264,6 +1274,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json-out", default=None, help="JSON results (default bench-run/bench-results.json)")
     parser.add_argument("--keep-data", action="store_true", help="keep the servers' mail under bench-run/ (and its "
                                                                  "filesystem mounted)")
+    parser.add_argument("--source-condstore-only", action="store_true",
+                        help="the source advertises CONDSTORE but not QRESYNC, as Gmail does: a delta pass is told "
+                             "what changed, not what was expunged")
     parser.add_argument("--storage", choices=("fresh-ext4", "dir"), default="fresh-ext4",
                         help="where the servers keep mail: a new ext4 filesystem made for the run (default; needs "
                              "root and a loop device) or bench-run/ on the machine's filesystem as it is")

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,8 +136,10 @@ def dovecot() -> None:
     ensure_dovecot_installed()
 
 
-def start_lab(root: Path, spec: CorpusSpec, **target_options: object) -> tuple[DovecotServer, DovecotServer]:
-    source = DovecotServer(root=root / "source", name="source", layout="source", users=SOURCE_USERS)
+def start_lab(root: Path, spec: CorpusSpec, source_options: Mapping[str, object] | None = None,
+              **target_options: object) -> tuple[DovecotServer, DovecotServer]:
+    source = DovecotServer(root=root / "source", name="source", layout="source", users=SOURCE_USERS,
+                           **(source_options or {}))  # type: ignore[arg-type]
     target = DovecotServer(root=root / "target", name="target", layout="target", users=TARGET_USERS,
                            **target_options)  # type: ignore[arg-type]
     source.start()
@@ -164,9 +166,10 @@ def lab_root() -> Iterator[Path]:
 
 
 @contextmanager
-def running_lab(root: Path, spec: CorpusSpec, config_extra: str = "", **target_options: object) -> Iterator[Lab]:
+def running_lab(root: Path, spec: CorpusSpec, config_extra: str = "",
+                source_options: Mapping[str, object] | None = None, **target_options: object) -> Iterator[Lab]:
     """Both servers started with the corpus loaded, a project folder, everything stopped afterwards."""
-    source, target = start_lab(root, spec, **target_options)
+    source, target = start_lab(root, spec, source_options, **target_options)
     project = root / "project"
     project.mkdir()
     try:

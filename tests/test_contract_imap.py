@@ -13,7 +13,7 @@ from migrator.config import EndpointConfig
 from migrator.connectors.base import open_mailbox
 from migrator.connectors.imap import LISTING_SLICE, ImapEndpoint, ImapMailbox
 from migrator.errors import AuthFailed
-from migrator.lab.dovecot import DovecotServer, LabUser, free_port
+from migrator.lab.dovecot import CONDSTORE_ONLY_CAPABILITIES, DovecotServer, LabUser, free_port
 from migrator.model import FolderChanges, Login, Secret
 from tests.contract import *  # noqa: F403
 from tests.contract import BODY, Contract, message
@@ -30,11 +30,14 @@ def imap_config(port: int) -> EndpointConfig:
     return EndpointConfig("target", "imap", "127.0.0.1", port, "none", None, None, None, False, 10.0, {})
 
 
-@pytest.fixture(params=["full", "no-uidplus-no-multiappend-no-literal-plus", "message-limit-2"])
+@pytest.fixture(params=["full", "no-uidplus-no-multiappend-no-literal-plus", "condstore-without-qresync",
+                        "message-limit-2"])
 def contract(request: pytest.FixtureRequest, dovecot: None, lab_root: Path) -> Iterator[Contract]:
-    """Dovecot as it is; without the extensions that save round trips; and behind a proxy that makes it a
-    server of RFC 9738's MESSAGELIMIT=2 (every FETCH, SEARCH, STORE, UID EXPUNGE stops after two messages)."""
-    capabilities = PLAIN_CAPABILITIES if request.param.startswith("no-") else None
+    """Dovecot as it is; without the extensions that save round trips; with CONDSTORE but not QRESYNC; and
+    behind a proxy that makes it a server of RFC 9738's MESSAGELIMIT=2 (every FETCH, SEARCH, STORE, UID
+    EXPUNGE stops after two messages)."""
+    capabilities = {"no-uidplus-no-multiappend-no-literal-plus": PLAIN_CAPABILITIES,
+                    "condstore-without-qresync": CONDSTORE_ONLY_CAPABILITIES}.get(request.param)
     with DovecotServer(root=lab_root / "srv", name="contract", layout="target", users=[USER],
                        capabilities=capabilities) as server, ExitStack() as stack:
         port = server.port
@@ -58,11 +61,16 @@ def test_wrong_password_says_login_refused(contract: Contract) -> None:
         pass
 
 
-def test_an_expunge_of_most_of_a_folder_comes_back_as_a_new_listing(dovecot: None, lab_root: Path) -> None:
+@pytest.mark.parametrize("capabilities", [None, CONDSTORE_ONLY_CAPABILITIES], ids=["qresync", "condstore-only"])
+def test_an_expunge_of_most_of_a_folder_comes_back_as_the_uids_left(dovecot: None, lab_root: Path,
+                                                                     capabilities: str | None) -> None:
     """QRESYNC names expunged UIDs (VANISHED), as ranges a server may widen when it no longer knows every
-    expunge since the cursor: past a folder's worth, changes() lists the folder instead of naming each UID
-    (the pass then reads the folder's rows at once); a few are named one by one."""
-    with DovecotServer(root=lab_root / "srv", name="vanished", layout="target", users=[USER]) as server:
+    expunge since the cursor: past a folder's worth, changes() gives the UIDs still there instead of naming
+    each UID gone (the pass then reads the folder's rows at once, and lists nothing); a few are named one
+    by one. CONDSTORE alone names none: the UIDs still there come whenever the folder holds fewer messages
+    than the cursor's count and those added since."""
+    with DovecotServer(root=lab_root / "srv", name="vanished", layout="target", users=[USER],
+                       capabilities=capabilities) as server:
         endpoint = ImapEndpoint(imap_config(server.port))
         login = Login("carol@example.org", USER.name, Secret(USER.password))
 
@@ -87,10 +95,16 @@ def test_an_expunge_of_most_of_a_folder_comes_back_as_a_new_listing(dovecot: Non
         gone = expunge(LISTING_SLICE + 10)
         second = changes(first.cursor)
         left = {ref.id for ref in first.changed} - set(gone)
-        assert second.complete and {ref.id for ref in second.changed} == left and len(left) == 50
+        assert not second.complete and not second.changed and not second.removed
+        assert second.present == left and len(left) == 50
         few = expunge(2)
         third = changes(second.cursor)
-        assert not third.complete and not third.changed and sorted(third.removed) == sorted(few)
+        assert not third.complete and not third.changed
+        if capabilities is None:
+            assert sorted(third.removed) == sorted(few) and third.present is None
+        else:
+            assert not third.removed and third.present == left - set(few)
+        assert changes(third.cursor).unchanged()
 
 
 def test_flags_and_deletions_of_many_scattered_messages(dovecot: None, lab_root: Path) -> None:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 
 from imapclient import IMAPClient
 
-from migrator.lab.corpus import mailbox_snapshot
-from tests.imap_fixtures import Lab, expected_target_folder
+from migrator.lab.corpus import CorpusSpec, mailbox_snapshot
+from migrator.lab.dovecot import CONDSTORE_ONLY_CAPABILITIES
+from tests.faultproxy import FaultProxy
+from tests.imap_fixtures import Lab, expected_target_folder, running_lab
 
 
 def change_source(lab: Lab) -> int:
@@ -69,3 +72,51 @@ def test_deletions_are_kept_on_the_target_without_sync_deletes(lab: Lab) -> None
     assert "0 deletions" in result.stdout
     after = mailbox_snapshot(lab.target.host, lab.target.port, target_user.name, target_user.password)
     assert len(after["Sent Items"]) == count
+
+
+def test_a_source_of_condstore_alone_costs_a_delta_pass_only_what_changed(dovecot: None, lab_root: Path) -> None:
+    """A source that offers CONDSTORE but not QRESYNC (Gmail's kind) tells what changed since a cursor but
+    not what was expunged. An unchanged folder costs a delta pass no command (its HIGHESTMODSEQ, UIDNEXT
+    and message count came with the LIST); a folder with new or re-flagged mail costs one UID FETCH
+    CHANGEDSINCE; only a folder holding fewer messages than that implies is searched for the UIDs still
+    there. The copy stays exact, deletions included (--sync-deletes). Counted on the wire (source behind a
+    proxy); before this, every folder of every mailbox was listed whole in every pass."""
+    with running_lab(lab_root, CorpusSpec(messages_per_mailbox=40, large_attachments=1),
+                     source_options={"capabilities": CONDSTORE_ONLY_CAPABILITIES}) as lab, \
+            FaultProxy((lab.source.host, lab.source.port)) as proxy:
+        lab.prepare()
+        lab.write_config(source_port=proxy.port)
+        lab.migrator("run", "plans/wave1.yaml", "--stage", "prestage")
+
+        def delta(*options: str) -> tuple[str, dict[str, list[object]]]:
+            proxy.wait_idle()
+            proxy.reset_counters()
+            result = lab.migrator("run", "plans/wave1.yaml", "--stage", "delta", *options)
+            proxy.wait_idle()
+            return result.stdout, proxy.stats().marks.commands
+
+        quiet, sent = delta()
+        assert "copied 0 messages" in quiet
+        assert not {"EXAMINE", "SELECT", "UID FETCH", "SEARCH", "UID SEARCH", "STATUS"} & sent.keys(), sent.keys()
+
+        user = lab.pairs[0][0]
+        with IMAPClient(lab.source.host, lab.source.port, ssl=False) as client:
+            client.login(user.name, user.password)
+            client.append("Projects", b"From: a@b.example\r\nSubject: late\r\n\r\nafter prestage\r\n")
+            client.select_folder("Sent")
+            client.add_flags([min(client.search("ALL"))], [b"\\Flagged"])
+            client.select_folder("INBOX")
+            victims = sorted(client.search("ALL"))[:2]
+            client.delete_messages(victims)
+            client.expunge()
+            client.append("INBOX", b"From: c@d.example\r\nSubject: new\r\n\r\nin place of two\r\n")
+        changed, sent = delta("--sync-deletes")
+        assert "copied 2 messages" in changed and "2 deletions" in changed
+        # Projects, Sent and INBOX are each opened to ask what changed (UID FETCH CHANGEDSINCE), Projects and
+        # INBOX again to read their new message; no other folder is opened, and INBOX alone is searched.
+        assert len(sent["EXAMINE"]) == 5 and len(sent["UID FETCH"]) == 5, {k: len(v) for k, v in sent.items()}
+        assert len(sent["UID SEARCH"]) == 1, "INBOX alone lost messages"
+        lab.assert_exact_copy()
+        again, _sent = delta("--sync-deletes")
+        assert "copied 0 messages" in again and "0 deletions" in again
+        lab.migrator("verify", "plans/wave1.yaml", "--deep")

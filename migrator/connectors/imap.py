@@ -18,6 +18,7 @@ import ssl
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -278,6 +279,29 @@ def _flags(raw: tuple[bytes, ...]) -> frozenset[str]:
     return frozenset(f.decode("utf-8", "replace") for f in raw if f != b"\\Recent")
 
 
+@dataclass(frozen=True)
+class _Mark:
+    """A folder's state as a change cursor holds it: its HIGHESTMODSEQ, and with CONDSTORE alone (no
+    VANISHED to name expunges) its UIDNEXT and message count, which tell an expunge apart."""
+
+    modseq: int
+    uidnext: int
+    messages: int
+
+    def cursor(self, key: str, qresync: bool) -> str:
+        return f"{key}:{self.modseq}" if qresync else f"{key}:{self.modseq}:{self.uidnext}:{self.messages}"
+
+    @staticmethod
+    def parse(cursor: str | None, key: str, qresync: bool) -> _Mark | None:
+        """The cursor's state; None for no cursor, another UIDVALIDITY, or a cursor of the other kind (the
+        server gained or lost QRESYNC): the folder is then listed whole."""
+        parts = (cursor or "").split(":")
+        if parts[0] != key or len(parts) != (2 if qresync else 4) or not all(p.isdigit() for p in parts[1:]):
+            return None
+        numbers = [int(p) for p in parts[1:]]
+        return _Mark(numbers[0], *(numbers[1:] or (0, 0)))
+
+
 class ImapMailbox:
     """One logged-in IMAP session on one mailbox."""
 
@@ -292,7 +316,7 @@ class ImapMailbox:
         self._separator: str | None = None  # the hierarchy separator that list showed
         self._created: list[str] = []  # folders this session created since that list
         self.role = role
-        self._qresync = False  # track_changes()
+        self._tracking: str | None = None  # how changes() asks: "QRESYNC" or "CONDSTORE" (track_changes)
         with _translated(role, context):
             self._caps = frozenset(c.decode() for c in client.capabilities())
         # RFC 9738: messages one FETCH, SEARCH, STORE or UID EXPUNGE works on (beyond: the server stops, and
@@ -304,11 +328,15 @@ class ImapMailbox:
         """ENABLE QRESYNC (RFC 7162) where the server offers it, so that changes() can ask what changed since
         a cursor, expunges included, in one command. Before any folder is opened: RFC 5161 allows ENABLE only
         then. Sessions that read the source call this; a target's sessions never ask for changes, and keep
-        the plain EXPUNGE replies their deletions get."""
+        the plain EXPUNGE replies their deletions get. A server of CONDSTORE alone (Gmail's) needs no ENABLE:
+        changes() then asks what changed and, when a folder holds fewer messages than that implies, which
+        are still there."""
         if "QRESYNC" in self._caps:
             with _translated(self.role, f"{self.context} ENABLE QRESYNC"):
-                self._qresync = "QRESYNC" in {c.decode() if isinstance(c, bytes) else c
-                                              for c in self.client.enable("QRESYNC")}
+                if "QRESYNC" in {c.decode() if isinstance(c, bytes) else c for c in self.client.enable("QRESYNC")}:
+                    self._tracking = "QRESYNC"
+        if self._tracking is None and "CONDSTORE" in self._caps:
+            self._tracking = "CONDSTORE"
 
     def capabilities(self) -> Capabilities:
         cursor = "QRESYNC" if "QRESYNC" in self._caps else "CONDSTORE" if "CONDSTORE" in self._caps else None
@@ -337,7 +365,7 @@ class ImapMailbox:
         otherwise one STATUS per folder, all written at once. With `sizes`, also every message's RFC822.SIZE
         to sum the folder's bytes (discovery needs it, a copy pass does not). The STATUS read here serves
         this session's first changes() and watermark() of the folder (_listed_status)."""
-        items = (*_STATUS_ALWAYS, b"MESSAGES", *((b"HIGHESTMODSEQ",) if "QRESYNC" in self._caps else ()))
+        items = (*_STATUS_ALWAYS, b"MESSAGES", *((b"HIGHESTMODSEQ",) if self._caps & {"CONDSTORE", "QRESYNC"} else ()))
         listing, listed = self._list(items)
         for name, status in self._statuses([name for name, _separator, _role, selectable in listing if selectable
                                             and not all(item in listed.get(name, {}) for item in items)],
@@ -362,16 +390,16 @@ class ImapMailbox:
         self._created = []
         return folders
 
-    def _listed_status(self, path: str, item: bytes) -> dict[bytes, Any]:
+    def _listed_status(self, path: str, *items: bytes) -> dict[bytes, Any]:
         """The folder's STATUS as this session's list_folders read it, once; a new STATUS after that or when
-        the list did not hold `item`. What callers take from it is a lower bound, which is all they need:
-        a HIGHESTMODSEQ or UIDNEXT read earlier in the pass only makes the next pass or a search after an
-        APPEND look a little further back. A copy pass lists once and then asks this of every folder, so
-        an unchanged folder costs the delta pass no command of its own."""
+        the list did not hold every item. What callers take from it is a lower bound, which is all they
+        need: a HIGHESTMODSEQ, UIDNEXT or message count read earlier in the pass only makes the next pass or a
+        search after an APPEND look a little further back. A copy pass lists once and then asks this of
+        every folder, so an unchanged folder costs the delta pass no command of its own."""
         status = self._listed_statuses.pop(path, None)
-        if status is not None and item in status:
+        if status is not None and all(item in status for item in items):
             return status
-        return self._status(path, item)
+        return self._status(path, *items)
 
     def _list(self, status: Sequence[bytes] = ()
               ) -> tuple[list[tuple[str, str | None, Role | None, bool]], dict[str, dict[bytes, Any]]]:
@@ -679,45 +707,64 @@ class ImapMailbox:
         return int(storage[0].usage) * 1024, int(storage[0].limit) * 1024
 
     def changes(self, folder: FolderInfo, cursor: str | None) -> FolderChanges | None:
-        """QRESYNC (RFC 7162), on a session that enabled it (track_changes); None elsewhere, and callers list
-        the folder. The cursor is "UIDVALIDITY:HIGHESTMODSEQ". An unchanged folder costs no command of its
-        own (its HIGHESTMODSEQ came with the LIST); otherwise one UID FETCH ... (CHANGEDSINCE m VANISHED)
-        lists the messages changed or added since and names the expunged ones: the pass reads what changed,
-        not the folder, on either side."""
-        if not self._qresync:
+        """What changed since `cursor`, on a session that tracks changes (track_changes); None elsewhere and
+        for a folder that keeps no mod-sequences, and callers list the folder. An unchanged folder costs no
+        command of its own (its STATUS came with the LIST); otherwise one UID FETCH ... (CHANGEDSINCE m)
+        lists the messages changed or added since: the pass reads what changed, not the folder, on either
+        side. What was expunged: with QRESYNC the same command names it (VANISHED); with CONDSTORE alone,
+        where the folder holds fewer messages than the cursor's and those added imply, one UID SEARCH says
+        which are still there (FolderChanges.present). The cursor is "UIDVALIDITY:HIGHESTMODSEQ", and with
+        CONDSTORE alone ":UIDNEXT:MESSAGES" after it: without them an expunge could hide behind a count
+        that did not change."""
+        if self._tracking is None:
             return None
-        status = self._listed_status(folder.path, b"HIGHESTMODSEQ")
-        key, modseq = str(status[b"UIDVALIDITY"]), int(status[b"HIGHESTMODSEQ"])
+        status = self._listed_status(folder.path, b"HIGHESTMODSEQ", b"MESSAGES")
+        key = str(status[b"UIDVALIDITY"])
         if folder.key is not None and key != folder.key:
             raise FolderFailed(f"{self.context} folder {folder.path!r}: UIDVALIDITY changed to {key} "
                                f"(was {folder.key})")
-        now = f"{key}:{modseq}"
-        old_key, _, old_modseq = (cursor or "").partition(":")
-        if cursor is None or old_key != key or not old_modseq.isdigit():
+        mark = _Mark(int(status[b"HIGHESTMODSEQ"]), int(status[b"UIDNEXT"]), int(status[b"MESSAGES"]))
+        if not mark.modseq:  # NOMODSEQ (RFC 7162 3.1.2.1): this folder's changes cannot be asked for
+            return None
+        qresync = self._tracking == "QRESYNC"
+        now = mark.cursor(key, qresync)
+        old = _Mark.parse(cursor, key, qresync)
+        if old is None:
             return FolderChanges(self.list_messages(folder), [], now, complete=True)
-        if int(old_modseq) == modseq:
+        if old.modseq == mark.modseq and (qresync or old == mark):
             return FolderChanges([], [], now, complete=False)
         self._select(folder, write=False)
-        changed, vanished = self._changed_since(int(old_modseq))
+        changed, vanished = self._changed_since(old.modseq)
+        if not qresync:
+            arrived = sum(1 for ref in changed if old.uidnext <= int(ref.id) < mark.uidnext)
+            if mark.messages - arrived == old.messages:
+                return FolderChanges(changed, [], now, complete=False)
+            return FolderChanges(changed, [], now, complete=False, present=self._present())
         # VANISHED (EARLIER) may name UIDs that never held a message, never one that still does; none at or
         # past UIDNEXT. A server that no longer knows every expunge since the cursor names whole ranges: past
-        # a folder's worth, listing the folder costs less than reading a ledger row for each.
-        below = int(status[b"UIDNEXT"])
-        spans = [(first, min(last, below - 1)) for first, last in vanished if first < below]
+        # a folder's worth, the UIDs still there cost less than reading a ledger row for each.
+        spans = [(first, min(last, mark.uidnext - 1)) for first, last in vanished if first < mark.uidnext]
         if sum(last - first + 1 for first, last in spans) > max(folder.messages, LISTING_SLICE):
-            return FolderChanges(self._listing(), [], now, complete=True)
+            return FolderChanges(changed, [], now, complete=False, present=self._present())
         removed = [str(uid) for first, last in spans for uid in range(first, last + 1)]
         return FolderChanges(changed, removed, now, complete=False)
 
+    def _present(self) -> frozenset[str]:
+        """Every UID the selected folder holds."""
+        with _translated(self.role, f"{self.context} SEARCH"):
+            return frozenset(str(uid) for uid in self._search())
+
     def _changed_since(self, modseq: int) -> tuple[list[MessageRef], list[tuple[int, int]]]:
-        """The selected folder's messages changed or added after `modseq`, and the spans of UIDs expunged
-        since (RFC 7162 3.1.4, 3.2.6). Unsolicited FETCH replies of changes newer than the cursor's STATUS may
-        come with them: a reply without a listing's every item is left out, the next pass sees that change."""
+        """The selected folder's messages changed or added after `modseq`, and with QRESYNC the spans of UIDs
+        expunged since (RFC 7162 3.1.4, 3.2.6). Unsolicited FETCH replies of changes newer than the cursor's
+        STATUS may come with them: a reply without a listing's every item is left out, the next pass sees
+        that change."""
         imap = self.client._imap
+        qresync = self._tracking == "QRESYNC"
         imap.untagged_responses.pop("VANISHED", None)
         with _translated(self.role, f"{self.context} FETCH CHANGEDSINCE"):
-            listing = imap_fetch.parse_listing(self._fetched([(1, None)], _LISTING + b" (CHANGEDSINCE %d VANISHED)"
-                                                             % modseq))
+            listing = imap_fetch.parse_listing(self._fetched(
+                [(1, None)], _LISTING + b" (CHANGEDSINCE %d%s)" % (modseq, b" VANISHED" if qresync else b"")))
         vanished = _merged([span for reply in imap.untagged_responses.pop("VANISHED", [])
                             for span in imap_fetch.uid_spans(reply.removeprefix(b"(EARLIER) "))])
         return [MessageRef(str(uid), size, _flags(flags), date)

@@ -188,7 +188,7 @@ def _source_unchanged(ctx: RunContext, journal: Journal, src: Mailbox, source_fo
         return False
     for folder in routed:
         changes = _ask(src, folder, known)
-        if changes is None or not _unchanged(changes):
+        if changes is None or not changes.unchanged():
             return False
     for folder in routed:
         _record_unchanged(ctx, journal, folder, known, known.asked.pop(folder.path))
@@ -442,11 +442,11 @@ def _sync_folder(fp: _FolderPass, src: Mailbox, lane: AppendLane, job: FolderJob
     key, basis = folder.key or "", known.basis
     kept = known.cursors.get((folder.path, key))
     changes = known.asked.pop(folder.path) if folder.path in known.asked else src.changes(folder, kept)
-    if entries is None and changes is not None and _unchanged(changes):
+    if entries is None and changes is not None and changes.unchanged():
         _record_unchanged(ctx, journal, folder, known, changes)
         return
     cursor: str | None
-    if entries is None and changes is not None and not changes.complete:
+    if entries is None and changes is not None and not changes.complete and changes.present is None:
         listing, cursor = changes.changed, changes.cursor
         entries, failed_unchanged = _changed_only(ctx, record, folder, changes, states)
     else:
@@ -515,23 +515,19 @@ def _listing_basis(filters: FilterConfig) -> str:
     return hashlib.sha256(f"{filters.before}|{filters.after}".encode()).hexdigest()[:32]
 
 
-def _unchanged(changes: FolderChanges) -> bool:
-    """Nothing new, changed or gone since the cursor the last pass kept."""
-    return not changes.complete and not changes.changed and not changes.removed
-
-
 def _source_listing(src: Mailbox, folder: FolderInfo, entries: Sequence[LedgerEntry],
                     changes: FolderChanges | None) -> tuple[list[MessageRef], str | None]:
     """The folder's messages, and the cursor to keep after acting on them. Where the source said what
     changed since the cursor the last pass kept (`changes`), only that was read and the rest is what the
-    ledger knows (copied or refused messages, with the flags they were last given); otherwise the folder
-    is listed."""
+    ledger knows (copied or refused messages, with the flags they were last given) less what the source
+    said is gone (named, or not among the ids it still holds); otherwise the folder is listed."""
     if changes is None:
         return src.list_messages(folder), None
     if changes.complete:
         return changes.changed, changes.cursor
-    known = {e.source_id: _known_ref(e) for e in entries
-             if e.state in (ledger.DONE, ledger.FAILED) and e.source_key == (folder.key or "")}
+    present = changes.present
+    known = {e.source_id: _known_ref(e) for e in entries if e.state in (ledger.DONE, ledger.FAILED)
+             and e.source_key == (folder.key or "") and (present is None or e.source_id in present)}
     for gone in changes.removed:
         known.pop(gone, None)
     known.update((ref.id, ref) for ref in changes.changed)

@@ -72,6 +72,11 @@ DOVECOT = Path("/usr/sbin/dovecot")
 DOVEADM = Path("/usr/bin/doveadm")
 VMAIL_USER = "vmail"
 START_TIMEOUT = 20.0
+# Dovecot's own CAPABILITY list (``capabilities=``) without QRESYNC: CONDSTORE alone, as Gmail offers it. A
+# client can ask what changed since a cursor, but is not told what was expunged (no VANISHED).
+CONDSTORE_ONLY_CAPABILITIES = ("IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE MULTIAPPEND UNSELECT CHILDREN "
+                               "NAMESPACE UIDPLUS LIST-EXTENDED CONDSTORE ESEARCH LIST-STATUS MOVE LITERAL+ "
+                               "SPECIAL-USE")
 # Longest socket path Dovecot creates below base_dir is ~30 bytes ("token-login/tokenlogin", ...);
 # sun_path holds 107 bytes plus NUL.
 _MAX_BASE_DIR_LEN = 70
