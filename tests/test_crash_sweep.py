@@ -24,6 +24,7 @@ import pytest
 from imapclient import IMAPClient
 
 from migrator.lab.corpus import CorpusSpec
+from migrator.lab.dovecot import CONDSTORE_ONLY_CAPABILITIES
 from tests.imap_fixtures import Lab, expected_target_folder, running_lab
 from tests.test_contract_imap import PLAIN_CAPABILITIES
 
@@ -86,12 +87,18 @@ def delete_some(lab: Lab) -> None:
             client.expunge()
 
 
+def change_and_delete(lab: Lab) -> None:
+    change_flags_and_add(lab)
+    delete_some(lab)
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
     stage_args: tuple[str, ...]
     before: Callable[[Lab], None] | None = None
     target_options: tuple[tuple[str, object], ...] = ()
+    source_options: tuple[tuple[str, object], ...] = ()
     keeps_deleted: bool = False
     setup: Callable[[Lab], None] | None = None  # on the source, before discovery
     folders: dict[str, str] | None = None  # [mapping] folders
@@ -104,6 +111,9 @@ SCENARIOS = [
     Scenario("delta-flags-and-new", ("--stage", "delta"), before=change_flags_and_add),
     Scenario("delta-sync-deletes", ("--stage", "delta", "--sync-deletes"), before=delete_some),
     Scenario("delta-keep-deletes", ("--stage", "delta"), before=delete_some, keeps_deleted=True),
+    # A source of CONDSTORE alone: what changed comes from CHANGEDSINCE, what was deleted from the UIDs left.
+    Scenario("delta-condstore-source", ("--stage", "delta", "--sync-deletes"), before=change_and_delete,
+             source_options=(("capabilities", CONDSTORE_ONLY_CAPABILITIES),)),
     Scenario("prestage-merged-folders", ("--stage", "prestage"), setup=duplicate_into_merged, folders=MERGED),
     Scenario("prestage-merged-mail-arrives", ("--stage", "prestage"), folders=MERGED, outage=cross_deliver_merged),
 ]
@@ -114,7 +124,7 @@ def prepared(root: Path, scenario: Scenario) -> Iterator[Lab]:
     """Fresh servers and state, one mailbox, planned, and (for delta scenarios) copied once and changed."""
     mapping = "".join(f'"{source}" = "{target}"\n' for source, target in (scenario.folders or {}).items())
     with running_lab(root, TINY, config_extra=f"[mapping.folders]\n{mapping}" if mapping else "",
-                     **dict(scenario.target_options)) as lab:
+                     source_options=dict(scenario.source_options), **dict(scenario.target_options)) as lab:
         lab.pairs = lab.pairs[:1]
         if scenario.setup is not None:
             scenario.setup(lab)
