@@ -10,11 +10,11 @@ from typing import Any, cast
 import pytest
 
 from migrator.config import EndpointConfig
-from migrator.connectors.base import open_mailbox
+from migrator.connectors.base import ReadOnlyMailbox, open_mailbox
 from migrator.connectors.imap import LISTING_SLICE, ImapEndpoint, ImapMailbox
-from migrator.errors import AuthFailed
+from migrator.errors import AuthFailed, FolderFailed
 from migrator.lab.dovecot import CONDSTORE_ONLY_CAPABILITIES, DovecotServer, LabUser, free_port
-from migrator.model import FolderChanges, Login, Secret
+from migrator.model import FolderChanges, FolderInfo, Login, Secret
 from tests.contract import *  # noqa: F403
 from tests.contract import BODY, Contract, message
 from tests.faultproxy import FaultProxy
@@ -207,3 +207,37 @@ def test_append_folders_writes_every_append_before_it_reads_a_reply(dovecot: Non
     assert events.count("read") == 2 and "write" not in events[events.index("read"):]
     assert [len(ids) for ids in outcomes if not isinstance(ids, Exception)] == [2, 1]
     assert stored == {"A": 2, "B": 1}
+
+
+def test_a_folder_is_opened_and_read_in_one_round_trip(dovecot: None, lab_root: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading a folder that is not open (its changes since a cursor, or a batch of its messages) writes the
+    EXAMINE and the UID FETCH together: one round trip, where each folder a pass reads cost two (a delta's
+    changed folder two of each: asked, then read). A folder gone meanwhile fails alone, saying why, and the
+    session reads the next; one whose UIDVALIDITY changed is refused as before."""
+    with DovecotServer(root=lab_root / "srv", name="examine", layout="target", users=[USER]) as server:
+        endpoint = ImapEndpoint(imap_config(server.port))
+        login = Login("carol@example.org", USER.name, Secret(USER.password))
+        with open_mailbox(endpoint, login, write=True) as mailbox:
+            for path in ("One", "Two", "Gone"):
+                folder, _ = mailbox.ensure_folder(path, None)
+                mailbox.append(folder, [message(BODY.replace(b"hello", path.encode()))])
+        with open_mailbox(endpoint, login, write=False) as reader:
+            listed = {f.path: f for f in reader.list_folders(sizes=False)}
+            refs = {path: reader.list_messages(listed[path]) for path in ("One", "Two", "Gone")}
+            with open_mailbox(endpoint, login, write=True) as other:
+                other.remove_folder(listed["Gone"])
+            imap = cast(ImapMailbox, cast(ReadOnlyMailbox, reader)._inner).client._imap
+            events: list[str] = []
+            send, readline = imap.send, imap.readline
+            monkeypatch.setattr(imap, "send", lambda data: (events.append("write"), send(data))[1])
+            monkeypatch.setattr(imap, "readline", lambda: (events.append("read"), readline())[1])
+            bodies = [m.body for path in ("One", "Two") for m in reader.fetch(listed[path], refs[path])]
+            assert exchanges(events) == 2 and len(bodies) == 2 and b"One" in bodies[0] and b"Two" in bodies[1]
+            monkeypatch.undo()
+            with pytest.raises(FolderFailed, match=r"examine failed: NO .*Gone"):
+                list(reader.fetch(listed["Gone"], refs["Gone"]))
+            assert [m.body for m in reader.fetch(listed["One"], refs["One"])] == bodies[:1]
+            renumbered = FolderInfo(listed["Two"].path, listed["Two"].separator, None, "1")
+            with pytest.raises(FolderFailed, match="UIDVALIDITY is now"):
+                list(reader.fetch(renumbered, refs["Two"]))

@@ -355,9 +355,37 @@ class ImapMailbox:
                 response: dict[bytes, Any] = self.client.select_folder(folder.path, readonly=not write)
             self._selected = (folder.path, write)
             key = self._selected_key = str(response.get(b"UIDVALIDITY", ""))
+        self._check_key(folder, key)
+
+    def _check_key(self, folder: FolderInfo, key: str) -> None:
         if folder.key is not None and key != folder.key:
             raise FolderFailed(f"{self.context} folder {folder.path!r}: UIDVALIDITY is now {key}, "
                                f"was {folder.key}; its message ids are no longer valid")
+
+    def _examine(self, folder: FolderInfo) -> bytes | None:
+        """For a FETCH in `folder`: None where it is open (its key checked), else the tag of an EXAMINE
+        written now, whose reply the FETCH written after it reads first (imap_fetch.uid_fetch `after`; the
+        key is checked by _examined): one round trip where opening the folder and reading it took two, for
+        every folder a pass reads and, in a delta pass, twice for a changed one (asked, then read)."""
+        if self._selected is not None and self._selected[0] == folder.path:
+            self._check_key(folder, self._selected_key)
+            return None
+        imap = self.client._imap
+        imap.untagged_responses.clear()  # as imaplib's own select does: the replies of the folder left
+        imap.state, self._selected = "AUTH", None  # no folder is open until the EXAMINE succeeds
+        tag: bytes = imap._new_tag()
+        with _translated(self.role, f"{self.context} folder {folder.path!r}"):
+            imap.send(b"%s EXAMINE %s\r\n" % (tag, self.client._normalise_folder(folder.path)))
+        return tag
+
+    def _examined(self, folder: FolderInfo) -> None:
+        """The EXAMINE that _examine wrote succeeded: the folder is open (for imaplib too, which refuses UID
+        commands otherwise), under the UIDVALIDITY it named."""
+        imap = self.client._imap
+        imap.state = "SELECTED"
+        key = b"".join(imap.untagged_responses.pop("UIDVALIDITY", [b""])[-1:]).decode()
+        self._selected, self._selected_key = (folder.path, False), key
+        self._check_key(folder, key)
 
     def list_folders(self, *, sizes: bool = True) -> list[FolderInfo]:
         """LIST, and the STATUS of every selectable folder (UIDVALIDITY, UIDNEXT, MESSAGES, and HIGHESTMODSEQ
@@ -562,17 +590,24 @@ class ImapMailbox:
         return [MessageRef(str(uid), size, _flags(flags), date)
                 for uid, (size, flags, date) in sorted(data.items()) if uid in asked]
 
-    def _uid_fetch(self, uids: Sequence[int], items: bytes, parse: Callable[[list[Any]], T]) -> T:
+    def _uid_fetch(self, uids: Sequence[int], items: bytes, parse: Callable[[list[Any]], T],
+                   folder: FolderInfo | None = None) -> T:
         """UID FETCH of these messages, its untagged replies read by `parse` (see imap_fetch)."""
         with _translated(self.role, f"{self.context} FETCH"):
-            return parse(self._fetched(imap_fetch.uid_runs(sorted(uids)), items))
+            return parse(self._fetched(imap_fetch.uid_runs(sorted(uids)), items, folder))
 
-    def _fetched(self, spans: list[imap_fetch.Span], items: bytes) -> list[Any]:
-        """The untagged replies of UID FETCH `items` of these spans: one command, and where the server stops
-        at its message limit (RFC 9738) one more for what it left below, until it covers them all."""
+    def _fetched(self, spans: list[imap_fetch.Span], items: bytes, folder: FolderInfo | None = None) -> list[Any]:
+        """The untagged replies of UID FETCH `items` of these spans in `folder` (opened with the first FETCH
+        where it is not open: _examine) or in the folder open: one command, and where the server stops at its
+        message limit (RFC 9738) one more for what it left below, until it covers them all."""
         data: list[Any] = []
+        opening = self._examine(folder) if folder is not None else None
         while spans:
-            replies, stopped = imap_fetch.uid_fetch(self.client._imap, imap_fetch.set_text(spans), items)
+            replies, stopped = imap_fetch.uid_fetch(self.client._imap, imap_fetch.set_text(spans), items,
+                                                    after=opening)
+            if folder is not None and opening is not None:
+                self._examined(folder)
+                opening = None
             data.extend(replies)
             spans = imap_fetch.progressed(spans, imap_fetch.below(spans, stopped), "FETCH")
         return data
@@ -583,9 +618,8 @@ class ImapMailbox:
 
     def fetch(self, folder: FolderInfo, refs: Sequence[MessageRef], *, native: str | None = None
               ) -> Iterator[RawMessage]:
-        self._select(folder, write=False)
         by_uid = {int(ref.id): ref for ref in refs}
-        data = self._uid_fetch(list(by_uid), b"(BODY.PEEK[])", imap_fetch.parse_bodies)
+        data = self._uid_fetch(list(by_uid), b"(BODY.PEEK[])", imap_fetch.parse_bodies, folder)
         for uid in sorted(by_uid):
             if uid not in data:
                 raise FolderFailed(f"{self.context} folder {folder.path!r}: message UID {uid} vanished while copying")
@@ -733,8 +767,7 @@ class ImapMailbox:
             return FolderChanges(self.list_messages(folder), [], now, complete=True)
         if old.modseq == mark.modseq and (qresync or old == mark):
             return FolderChanges([], [], now, complete=False)
-        self._select(folder, write=False)
-        changed, vanished = self._changed_since(old.modseq)
+        changed, vanished = self._changed_since(folder, old.modseq)
         if not qresync:
             arrived = sum(1 for ref in changed if old.uidnext <= int(ref.id) < mark.uidnext)
             if mark.messages - arrived == old.messages:
@@ -750,12 +783,12 @@ class ImapMailbox:
         return FolderChanges(changed, removed, now, complete=False)
 
     def _present(self) -> frozenset[str]:
-        """Every UID the selected folder holds."""
+        """Every UID the open folder holds."""
         with _translated(self.role, f"{self.context} SEARCH"):
             return frozenset(str(uid) for uid in self._search())
 
-    def _changed_since(self, modseq: int) -> tuple[list[MessageRef], list[tuple[int, int]]]:
-        """The selected folder's messages changed or added after `modseq`, and with QRESYNC the spans of UIDs
+    def _changed_since(self, folder: FolderInfo, modseq: int) -> tuple[list[MessageRef], list[tuple[int, int]]]:
+        """The folder's messages changed or added after `modseq`, and with QRESYNC the spans of UIDs
         expunged since (RFC 7162 3.1.4, 3.2.6). Unsolicited FETCH replies of changes newer than the cursor's
         STATUS may come with them: a reply without a listing's every item is left out, the next pass sees
         that change."""
@@ -764,7 +797,7 @@ class ImapMailbox:
         imap.untagged_responses.pop("VANISHED", None)
         with _translated(self.role, f"{self.context} FETCH CHANGEDSINCE"):
             listing = imap_fetch.parse_listing(self._fetched(
-                [(1, None)], _LISTING + b" (CHANGEDSINCE %d%s)" % (modseq, b" VANISHED" if qresync else b"")))
+                [(1, None)], _LISTING + b" (CHANGEDSINCE %d%s)" % (modseq, b" VANISHED" if qresync else b""), folder))
         vanished = _merged([span for reply in imap.untagged_responses.pop("VANISHED", [])
                             for span in imap_fetch.uid_spans(reply.removeprefix(b"(EARLIER) "))])
         return [MessageRef(str(uid), size, _flags(flags), date)

@@ -79,11 +79,14 @@ def _zone(offset: bytes) -> timezone:
     return timezone(timedelta(minutes=-minutes if offset[:1] == b"-" else minutes))
 
 
-def uid_fetch(imap: Any, uids: bytes, items: bytes) -> tuple[list[Any], int | None]:
+def uid_fetch(imap: Any, uids: bytes, items: bytes, *, after: bytes | None = None) -> tuple[list[Any], int | None]:
     """Send UID FETCH on imaplib connection `imap` and read its replies up to the tagged one: the FETCH
     replies in imaplib's shape (`n (...)` as bytes; a literal as a (line, literal) tuple followed by the rest
     of its line), every other untagged reply stored as imaplib stores it; and where a server stopped at its
-    message limit, the UID it stopped at (stopped_at: the messages below it were not fetched).
+    message limit, the UID it stopped at (stopped_at: the messages below it were not fetched). `after` is
+    the tag of a command written just before (an EXAMINE of the folder) whose replies come first: they are
+    stored as imaplib stores them, and where it failed, its failure is raised once the FETCH's own reply
+    (a refusal too: no folder is open) has been read.
 
     Read here, not by imaplib: its reader matches three patterns and logs every line, which for a listing
     or a chunk of small messages cost as much as everything else the client does with them.
@@ -91,13 +94,25 @@ def uid_fetch(imap: Any, uids: bytes, items: bytes) -> tuple[list[Any], int | No
     imap.untagged_responses.pop("MESSAGELIMIT", None)
     tag = imap._new_tag()
     imap.send(b"%s UID FETCH %s %s\r\n" % (tag, uids, items))
-    prefix = tag + b" "
     fetched: list[Any] = []
+    refused = b"" if after is None else _refusal(_replies_until(imap, after, fetched))
+    status, _, text = _replies_until(imap, tag, fetched).partition(b" ")
+    if refused:
+        raise IMAPClientError(f"examine failed: {refused.decode(errors='replace')}")
+    if status != b"OK":
+        raise IMAPClientError(f"fetch failed: {text.decode(errors='replace')}")
+    return fetched, stopped_at(imap, text)
+
+
+def _replies_until(imap: Any, tag: bytes, fetched: list[Any]) -> bytes:
+    """Read replies up to the tagged reply of `tag` and return it (status and text): FETCH replies go to
+    `fetched`, every other untagged reply is stored as imaplib stores it."""
+    prefix = tag + b" "
     try:
         while not (line := _line(imap)).startswith(prefix):
             untagged = _UNTAGGED.fullmatch(line)
             if untagged is None:
-                raise IMAPClientAbortError(f"unexpected response to UID FETCH: {line[:200]!r}")
+                raise IMAPClientAbortError(f"unexpected response: {line[:200]!r}")
             kind = untagged["type"].decode()
             data = b" ".join(part for part in (untagged["number"], untagged["rest"]) if part)
             replies = _with_literals(imap, data)
@@ -109,10 +124,12 @@ def uid_fetch(imap: Any, uids: bytes, items: bytes) -> tuple[list[Any], int | No
                 _keep(imap, kind, replies)
     finally:
         imap.tagged_commands.pop(tag, None)
-    status, _, text = line[len(prefix):].partition(b" ")
-    if status != b"OK":
-        raise IMAPClientError(f"fetch failed: {text.decode(errors='replace')}")
-    return fetched, stopped_at(imap, text)
+    return line[len(prefix):]
+
+
+def _refusal(reply: bytes) -> bytes:
+    """b"" for a tagged OK, else the reply (a NO or BAD and its text)."""
+    return b"" if reply.startswith(b"OK") else reply or b"refused"
 
 
 def stopped_at(imap: Any, tagged: bytes) -> int | None:
