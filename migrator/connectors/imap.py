@@ -362,9 +362,9 @@ class ImapMailbox:
             raise FolderFailed(f"{self.context} folder {folder.path!r}: UIDVALIDITY is now {key}, "
                                f"was {folder.key}; its message ids are no longer valid")
 
-    def _examine(self, folder: FolderInfo) -> bytes | None:
-        """For a FETCH in `folder`: None where it is open (its key checked), else the tag of an EXAMINE
-        written now, whose reply the FETCH written after it reads first (imap_fetch.uid_fetch `after`; the
+    def _examine(self, folder: FolderInfo) -> tuple[bytes, bytes] | None:
+        """For a FETCH in `folder`: None where it is open (its key checked), else an EXAMINE (its tag and
+        line) for the FETCH to write with it and read the reply of first (imap_fetch.uid_fetch `after`; the
         key is checked by _examined): one round trip where opening the folder and reading it took two, for
         every folder a pass reads and, in a delta pass, twice for a changed one (asked, then read)."""
         if self._selected is not None and self._selected[0] == folder.path:
@@ -374,12 +374,10 @@ class ImapMailbox:
         imap.untagged_responses.clear()  # as imaplib's own select does: the replies of the folder left
         imap.state, self._selected = "AUTH", None  # no folder is open until the EXAMINE succeeds
         tag: bytes = imap._new_tag()
-        with _translated(self.role, f"{self.context} folder {folder.path!r}"):
-            imap.send(b"%s EXAMINE %s\r\n" % (tag, self.client._normalise_folder(folder.path)))
-        return tag
+        return tag, b"%s EXAMINE %s\r\n" % (tag, self.client._normalise_folder(folder.path))
 
     def _examined(self, folder: FolderInfo) -> None:
-        """The EXAMINE that _examine wrote succeeded: the folder is open (for imaplib too, which refuses UID
+        """The EXAMINE that _examine made succeeded: the folder is open (for imaplib too, which refuses UID
         commands otherwise), under the UIDVALIDITY it named."""
         imap = self.client._imap
         imap.state = "SELECTED"

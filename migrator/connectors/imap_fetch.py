@@ -79,23 +79,25 @@ def _zone(offset: bytes) -> timezone:
     return timezone(timedelta(minutes=-minutes if offset[:1] == b"-" else minutes))
 
 
-def uid_fetch(imap: Any, uids: bytes, items: bytes, *, after: bytes | None = None) -> tuple[list[Any], int | None]:
+def uid_fetch(imap: Any, uids: bytes, items: bytes, *, after: tuple[bytes, bytes] | None = None
+              ) -> tuple[list[Any], int | None]:
     """Send UID FETCH on imaplib connection `imap` and read its replies up to the tagged one: the FETCH
     replies in imaplib's shape (`n (...)` as bytes; a literal as a (line, literal) tuple followed by the rest
     of its line), every other untagged reply stored as imaplib stores it; and where a server stopped at its
     message limit, the UID it stopped at (stopped_at: the messages below it were not fetched). `after` is
-    the tag of a command written just before (an EXAMINE of the folder) whose replies come first: they are
-    stored as imaplib stores them, and where it failed, its failure is raised once the FETCH's own reply
-    (a refusal too: no folder is open) has been read.
+    a command (its tag, and its line) written in the same socket write just before (an EXAMINE of the
+    folder; in a write of its own, Nagle's algorithm would hold the FETCH back for a round trip) whose
+    replies come first: they are stored as imaplib stores them, and where it failed, its failure is raised
+    once the FETCH's own reply (a refusal too: no folder is open) has been read.
 
     Read here, not by imaplib: its reader matches three patterns and logs every line, which for a listing
     or a chunk of small messages cost as much as everything else the client does with them.
     """
     imap.untagged_responses.pop("MESSAGELIMIT", None)
     tag = imap._new_tag()
-    imap.send(b"%s UID FETCH %s %s\r\n" % (tag, uids, items))
+    imap.send(b"%s%s UID FETCH %s %s\r\n" % (after[1] if after else b"", tag, uids, items))
     fetched: list[Any] = []
-    refused = b"" if after is None else _refusal(_replies_until(imap, after, fetched))
+    refused = b"" if after is None else _refusal(_replies_until(imap, after[0], fetched))
     status, _, text = _replies_until(imap, tag, fetched).partition(b" ")
     if refused:
         raise IMAPClientError(f"examine failed: {refused.decode(errors='replace')}")
