@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from migrator.config import EndpointConfig
 from migrator.connectors.base import ReadOnlyMailbox, open_mailbox
 from migrator.connectors.imap import LISTING_SLICE, ImapEndpoint, ImapMailbox
-from migrator.errors import AuthFailed, FolderFailed
+from migrator.errors import AuthFailed, FolderFailed, Unreachable
 from migrator.lab.dovecot import CONDSTORE_ONLY_CAPABILITIES, DovecotServer, LabUser, free_port
 from migrator.model import FolderChanges, FolderInfo, Login, Secret
 from tests.contract import *  # noqa: F403
@@ -233,8 +234,9 @@ def test_a_folder_is_opened_and_read_in_one_round_trip(dovecot: None, lab_root: 
             monkeypatch.setattr(imap, "send", lambda data: (events.append("write"), send(data))[1])
             monkeypatch.setattr(imap, "readline", lambda: (events.append("read"), readline())[1])
             bodies = [m.body for path in ("One", "Two") for m in reader.fetch(listed[path], refs[path])]
-            # one socket write each: in two, Nagle's algorithm holds the FETCH back until the EXAMINE's ACK
+            # one socket write each, and none held back by Nagle's algorithm for an earlier one's ACK
             assert exchanges(events) == events.count("write") == 2
+            assert imap.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
             assert len(bodies) == 2 and b"One" in bodies[0] and b"Two" in bodies[1]
             monkeypatch.undo()
             with pytest.raises(FolderFailed, match=r"examine failed: NO .*Gone"):
@@ -243,3 +245,30 @@ def test_a_folder_is_opened_and_read_in_one_round_trip(dovecot: None, lab_root: 
             renumbered = FolderInfo(listed["Two"].path, listed["Two"].separator, None, "1")
             with pytest.raises(FolderFailed, match="UIDVALIDITY is now"):
                 list(reader.fetch(renumbered, refs["Two"]))
+
+
+@pytest.mark.parametrize("security", ["tls", "starttls"])
+def test_sessions_over_tls_verify_the_server_and_copy_byte_for_byte(dovecot: None, lab_root: Path,
+                                                                   security: str) -> None:
+    """Implicit TLS (993's kind) and STARTTLS against Dovecot with a certificate of the lab's own CA, named in
+    ca_file: the session verifies it, logs in, stores and reads back the exact bytes, and its socket sends
+    at once (TCP_NODELAY, set on the TLS socket as on a plain one). Without the CA the server is refused
+    as unverified, before any password is sent."""
+    with DovecotServer(root=lab_root / "srv", name="tls", layout="target", users=[USER], tls=True) as server:
+        port = server.tls_port if security == "tls" else server.port
+        assert port is not None
+
+        def endpoint(ca_file: Path | None) -> ImapEndpoint:
+            return ImapEndpoint(EndpointConfig("target", "imap", server.host, port, security, None, None, ca_file,
+                                               False, 10.0, {}))
+
+        login = Login("carol@example.org", USER.name, Secret(USER.password))
+        with open_mailbox(endpoint(server.ca_file), login, write=True) as mailbox:
+            sock = cast(ImapMailbox, mailbox).client._imap.sock
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) and sock.version() is not None
+            folder, _ = mailbox.ensure_folder("Secure", None)
+            mailbox.append(folder, [message(BODY)])
+            assert [m.body for m in mailbox.fetch(folder, mailbox.list_messages(folder))] == [BODY]
+        with pytest.raises(Unreachable, match="certificate verify failed"), \
+                open_mailbox(endpoint(None), login, write=False):
+            pass
