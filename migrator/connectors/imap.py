@@ -630,9 +630,7 @@ class ImapMailbox:
 
     def watermark(self, folder: FolderInfo) -> str | None:
         status = self._listed_status(folder.path, b"UIDNEXT")
-        if folder.key is not None and str(status[b"UIDVALIDITY"]) != folder.key:
-            raise FolderFailed(f"{self.context} folder {folder.path!r}: UIDVALIDITY changed to "
-                               f"{status[b'UIDVALIDITY']} (was {folder.key})")
+        self._check_key(folder, str(status[b"UIDVALIDITY"]))
         return str(status[b"UIDNEXT"])
 
     def append(self, folder: FolderInfo, messages: Sequence[RawMessage]) -> list[str | None]:
@@ -757,9 +755,7 @@ class ImapMailbox:
             return None
         status = self._listed_status(folder.path, b"HIGHESTMODSEQ", b"MESSAGES")
         key = str(status[b"UIDVALIDITY"])
-        if folder.key is not None and key != folder.key:
-            raise FolderFailed(f"{self.context} folder {folder.path!r}: UIDVALIDITY changed to {key} "
-                               f"(was {folder.key})")
+        self._check_key(folder, key)
         mark = _Mark(int(status[b"HIGHESTMODSEQ"]), int(status[b"UIDNEXT"]), int(status[b"MESSAGES"]))
         if not mark.modseq:  # NOMODSEQ (RFC 7162 3.1.2.1): this folder's changes cannot be asked for
             return None
